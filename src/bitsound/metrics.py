@@ -1,0 +1,73 @@
+"""Classification metrics on predicted probabilities.
+
+All functions take integer targets ``y_true`` [shape=(n,)] and, where needed, class
+probabilities ``probs`` [shape=(n, n_classes)] whose rows sum to one. Classes absent from
+``y_true`` are left out of averaged recalls and F1 (as scikit-learn does for balanced accuracy),
+so evaluating on a subset of a model's labels is meaningful.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> np.ndarray:
+    """Counts ``C[i, j]`` of clips of true class ``i`` predicted as ``j``."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return matrix
+
+
+def per_class_recall(matrix: np.ndarray) -> np.ndarray:
+    """Recall of each class; NaN for classes with no true examples."""
+    support = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(matrix) / support, np.nan)
+
+
+def macro_f1(matrix: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present in the targets."""
+    tp = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    denom = support + predicted
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denom > 0, 2 * tp / denom, 0.0)
+    return float(f1[support > 0].mean())
+
+
+def log_loss(y_true: np.ndarray, probs: np.ndarray, *, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood of the true class, probabilities clipped to [eps, 1]."""
+    picked = probs[np.arange(len(y_true)), y_true]
+    return float(-np.log(np.clip(picked, eps, 1.0)).mean())
+
+
+def classification_report(y_true, probs, *, labels: list[str]) -> dict:
+    """Every metric bitsound reports, as a JSON-able dict.
+
+    Parameters
+    ----------
+    y_true : array [shape=(n,)] of int
+    probs : array [shape=(n, n_classes)]
+    labels : list of str
+        Class names in index order.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(y_true) == 0:
+        raise ValueError("classification_report needs at least one example")
+    y_pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, n_classes=len(labels))
+    recall = per_class_recall(matrix)
+    present = ~np.isnan(recall)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": macro_f1(matrix),
+        "log_loss": log_loss(y_true, probs),
+        "per_class_recall": {lab: (None if np.isnan(r) else float(r))
+                             for lab, r in zip(labels, recall, strict=True)},
+        "labels": list(labels),
+        "confusion_matrix": matrix.tolist(),
+    }

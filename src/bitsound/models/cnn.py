@@ -1,0 +1,93 @@
+"""Plain float CNNs on 2-D features (log-mel, binary images): the float baselines.
+
+The layout is the common VGG-style audio CNN: stages of two 3x3 conv-BN-ReLU layers followed by
+2x2 max pooling, then global average pooling, dropout and one linear classifier. Global pooling
+keeps the model independent of clip length and small in parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bitsound.errors import ConfigError
+from bitsound.models.registry import register_model
+
+
+class FeatureNorm(nn.Module):
+    """Per-example normalisation of a (batch, channels, freq, time) feature map.
+
+    ``mode``:
+      - ``"band"``: subtract each band's mean over time and divide by the example's std
+        (cepstral mean normalisation; removes a fixed microphone/speaker colouring),
+      - ``"example"``: standardise each example as a whole,
+      - ``"none"``: pass through.
+    """
+
+    def __init__(self, mode: str = "band", eps: float = 1e-5):
+        super().__init__()
+        if mode not in ("band", "example", "none"):
+            raise ConfigError(f"model.params.norm must be 'band', 'example' or 'none', got {mode!r}")
+        self.mode = mode
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return x
+        if self.mode == "band":
+            x = x - x.mean(dim=-1, keepdim=True)
+        else:
+            x = x - x.mean(dim=(-3, -2, -1), keepdim=True)
+        return x / (x.std(dim=(-3, -2, -1), keepdim=True) + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class CNN2d(nn.Module):
+    """VGG-style CNN: ``stages`` of ``convs_per_stage`` conv-BN-ReLU + max-pool, GAP, linear.
+
+    Parameters
+    ----------
+    input_shape : tuple [shape=(channels, freq, time)]
+    n_classes : int
+    channels : list of int
+        Output channels of each stage.
+    convs_per_stage : int
+    dropout : float
+        Dropout before the classifier.
+    norm : str
+        :class:`FeatureNorm` mode applied to the input.
+    """
+
+    def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
+                 channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
+                 dropout: float = 0.2, norm: str = "band"):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"CNN2d needs 2-D features of shape (channels, freq, time); got "
+                              f"{tuple(input_shape)}: use a logmel or binary_image front end")
+        layers: list[nn.Module] = [FeatureNorm(norm)]
+        c_in = input_shape[0]
+        for c_out in channels:
+            for i in range(convs_per_stage):
+                layers += conv_bn_relu(c_in if i == 0 else c_out, c_out)
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)]"""
+        return self.head(self.features(x))
+
+
+@register_model("cnn2d", description="float VGG-style CNN on 2-D features (configurable)")
+def cnn2d(**kwargs) -> nn.Module:
+    return CNN2d(**kwargs)

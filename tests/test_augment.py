@@ -1,0 +1,35 @@
+import torch
+
+from bitsound.audio.augment import FeatureAugment, mask_axis, time_shift
+from bitsound.config import AugmentConfig
+
+
+def test_time_shift_is_a_circular_roll_per_example():
+    x = torch.arange(2 * 10, dtype=torch.float32).view(2, 1, 1, 10)
+    out = time_shift(x, 0.5, torch.Generator().manual_seed(0))
+    for i in range(2):
+        row = out[i, 0, 0].tolist()
+        shift = row.index(x[i, 0, 0, 0].item())
+        assert torch.equal(out[i], torch.roll(x[i], shift, dims=-1))
+
+
+def test_masks_cover_whole_bands_with_the_mean():
+    x = torch.randn(4, 1, 20, 30)
+    out = mask_axis(x, axis=2, count=1, max_fraction=0.2, generator=torch.Generator().manual_seed(1))
+    changed = (out != x).any(dim=-1)[:, 0]  # (batch, freq): which bands were masked
+    for b in range(4):
+        rows = changed[b].nonzero().flatten().tolist()
+        assert len(rows) <= 4
+        if rows:
+            assert rows == list(range(rows[0], rows[0] + len(rows)))  # one contiguous band
+            torch.testing.assert_close(out[b, 0, rows[0]], x[b].mean().expand(30))
+
+
+def test_augment_is_reproducible_and_leaves_images_alone():
+    aug = FeatureAugment(AugmentConfig(time_shift=0.1, time_masks=2, freq_masks=2, gain_db=6))
+    x = torch.randn(8, 1, 40, 50)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    image = torch.randn(8, 1, 32)  # not (batch, channels, freq, time): untouched
+    assert torch.equal(aug(image, torch.Generator()), image)
