@@ -33,3 +33,19 @@ def test_augment_is_reproducible_and_leaves_images_alone():
     assert torch.equal(a, b) and not torch.equal(a, x)
     image = torch.randn(8, 1, 32)  # not (batch, channels, freq, time): untouched
     assert torch.equal(aug(image, torch.Generator()), image)
+
+
+def test_warp_with_no_stretch_is_identity_and_stretch_moves_content_up():
+    from bitsound.audio.augment import warp
+
+    x = torch.zeros(1, 1, 40, 20)
+    x[0, 0, 10] = 1.0  # one lit band
+    same = warp(x, freq=0.0, time=0.0, generator=torch.Generator())
+    torch.testing.assert_close(same, x)
+    # freq=0.5 draws a factor in [0.5, 1.5]; find the lit band's new centre.
+    out = warp(x, freq=0.5, time=0.0, generator=torch.Generator().manual_seed(0))
+    profile = out[0, 0].mean(dim=1)
+    centre = float((profile * torch.arange(40)).sum() / profile.sum())
+    scale = 1 + (torch.rand(1, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.5
+    # Row 10 (centre 10.5 in pixel units) maps to 10.5 * scale about the low edge.
+    assert abs(centre + 0.5 - 10.5 * float(scale)) < 0.6

@@ -130,6 +130,8 @@ class AugmentConfig(Section):
     """Augmentations applied to front-end features of training batches only."""
 
     time_shift: float = Field(default=0.0, ge=0, le=1)  # max circular shift, fraction of frames
+    freq_warp: float = Field(default=0.0, ge=0, lt=1)  # max relative stretch of the mel axis
+    time_stretch: float = Field(default=0.0, ge=0, lt=1)  # max relative stretch of time
     time_masks: int = Field(default=0, ge=0)  # SpecAugment (Park et al. 2019)
     time_mask_width: float = Field(default=0.1, ge=0, le=1)
     freq_masks: int = Field(default=0, ge=0)

@@ -118,11 +118,11 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=FeatureAugment(recipe.augment),
                  validate=validate if val is not None else None, resume=resume,
-                 fingerprint=fingerprint(recipe, dataset.spec), show_progress=show_progress)
+                 fingerprint=fingerprint(recipe, recipe.data.spec), show_progress=show_progress)
     net.cpu()
     metrics = {
         "recipe": recipe.name,
-        "data": dataset.spec,
+        "data": recipe.data.spec,
         "split": _describe_split(recipe, split),
         "n_train_clips": int(train.n_clips),
         "n_train_windows": int(len(train.y)),
@@ -160,7 +160,7 @@ def cross_validate(recipe: Recipe, dataset: Dataset, *, out_dir: Path,
                      "balanced_accuracy": held["balanced_accuracy"], "macro_f1": held["macro_f1"],
                      "log_loss": held["log_loss"]})
     accs = np.array([r["accuracy"] for r in rows])
-    summary = {"recipe": recipe.name, "data": dataset.spec, "split": recipe.data.cv,
+    summary = {"recipe": recipe.name, "data": recipe.data.spec, "split": recipe.data.cv,
                "folds": rows, "mean_accuracy": float(accs.mean()), "std_accuracy": float(accs.std()),
                "min_accuracy": float(accs.min())}
     save_json(summary, Path(out_dir) / "cv.json")

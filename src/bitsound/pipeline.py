@@ -93,6 +93,11 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
                 feats = compute()
             else:
                 feats = cache.get_or_compute(make_key(dataset.identity(clip), config), compute)
+            if xs and feats.shape[1:] != xs[0].shape[1:]:
+                raise DataError(f"clip '{clip.path}' gives features of shape {feats.shape[1:]} "
+                                f"but earlier clips gave {xs[0].shape[1:]}; if the feature cache "
+                                f"predates a bitsound upgrade, clear it (--cache DIR / "
+                                f"$BITSOUND_CACHE)")
             xs.append(np.asarray(feats))
             clip_of_window.append(np.full(len(feats), position))
             clip_y.append(label_index[clip.label])

@@ -8,6 +8,7 @@ dataset is decoded once however many epochs see it augmented. Every random draw 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from bitsound.config import AugmentConfig
 
@@ -22,6 +23,27 @@ def time_shift(x: torch.Tensor, max_fraction: float, generator: torch.Generator)
     index = (torch.arange(frames).unsqueeze(0) - shifts.unsqueeze(1)) % frames
     index = index.to(x.device).view(x.shape[0], *([1] * (x.dim() - 2)), frames)
     return torch.gather(x, -1, index.expand_as(x))
+
+
+def warp(x: torch.Tensor, *, freq: float, time: float,
+         generator: torch.Generator) -> torch.Tensor:
+    """Stretch each example by a random factor along frequency and time.
+
+    A frequency stretch of a (log-)mel image approximates vocal tract length perturbation
+    (Jaitly & Hinton 2013), which helps generalise to unseen speakers; a time stretch mimics
+    speaking rate. Factors are drawn uniformly from ``[1 - freq, 1 + freq]`` and
+    ``[1 - time, 1 + time]``; the image is resampled bilinearly about its low-frequency edge and
+    its temporal centre, with edge values repeated where the stretch uncovers the border.
+    """
+    batch = x.shape[0]
+    scale_f = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * freq
+    scale_t = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * time
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = 1 / scale_t  # grid x runs along time (last axis)
+    theta[:, 1, 1] = 1 / scale_f  # grid y runs along frequency
+    theta[:, 1, 2] = 1 / scale_f - 1  # keep the lowest band fixed: y = -1 maps to -1
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def mask_axis(x: torch.Tensor, *, axis: int, count: int, max_fraction: float,
@@ -64,7 +86,8 @@ class FeatureAugment:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return bool(c.time_shift or c.time_masks or c.freq_masks or c.gain_db)
+        return bool(c.time_shift or c.time_masks or c.freq_masks or c.gain_db or c.freq_warp
+                    or c.time_stretch)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         c = self.cfg
@@ -72,6 +95,8 @@ class FeatureAugment:
             return x
         if c.gain_db:
             x = random_gain(x, c.gain_db, generator)
+        if c.freq_warp or c.time_stretch:
+            x = warp(x, freq=c.freq_warp, time=c.time_stretch, generator=generator)
         if c.time_shift:
             x = time_shift(x, c.time_shift, generator)
         if c.freq_masks:

@@ -7,6 +7,8 @@ keeps the model independent of clip length and small in parameters.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -22,16 +24,26 @@ class FeatureNorm(nn.Module):
         (cepstral mean normalisation; removes a fixed microphone/speaker colouring),
       - ``"example"``: standardise each example as a whole,
       - ``"none"``: pass through.
+
+    ``floor_db`` (log-power features only) first raises every value to at least the example's
+    maximum minus ``floor_db`` decibels, like librosa's ``top_db``: the noise floor, zero padding
+    and recording level then no longer tell speakers or devices apart.
     """
 
-    def __init__(self, mode: str = "band", eps: float = 1e-5):
+    def __init__(self, mode: str = "band", *, floor_db: float | None = None, eps: float = 1e-5):
         super().__init__()
         if mode not in ("band", "example", "none"):
             raise ConfigError(f"model.params.norm must be 'band', 'example' or 'none', got {mode!r}")
+        if floor_db is not None and floor_db <= 0:
+            raise ConfigError(f"model.params.floor_db must be > 0 dB, got {floor_db}")
         self.mode = mode
+        self.floor_db = floor_db
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.floor_db is not None:
+            floor = x.amax(dim=(-3, -2, -1), keepdim=True) - self.floor_db * math.log(10) / 10
+            x = torch.maximum(x, floor)
         if self.mode == "none":
             return x
         if self.mode == "band":
@@ -41,7 +53,7 @@ class FeatureNorm(nn.Module):
         return x / (x.std(dim=(-3, -2, -1), keepdim=True) + self.eps)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}, floor_db={self.floor_db}"
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -63,16 +75,18 @@ class CNN2d(nn.Module):
         Dropout before the classifier.
     norm : str
         :class:`FeatureNorm` mode applied to the input.
+    floor_db : float, optional
+        :class:`FeatureNorm` dynamic-range floor in dB below each example's maximum.
     """
 
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
-                 dropout: float = 0.2, norm: str = "band"):
+                 dropout: float = 0.2, norm: str = "band", floor_db: float | None = None):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"CNN2d needs 2-D features of shape (channels, freq, time); got "
                               f"{tuple(input_shape)}: use a logmel or binary_image front end")
-        layers: list[nn.Module] = [FeatureNorm(norm)]
+        layers: list[nn.Module] = [FeatureNorm(norm, floor_db=floor_db)]
         c_in = input_shape[0]
         for c_out in channels:
             for i in range(convs_per_stage):
