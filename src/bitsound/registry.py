@@ -39,6 +39,11 @@ class Registry(Generic[T]):
             raise RegistryError(f"{self.kind} '{name}' is registered twice; pick another name")
         self._items[name] = (obj, description)
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (for plugins and tests that register temporary entries)."""
+        self.get(name)
+        del self._items[name]
+
     def get(self, name: str) -> T:
         if not isinstance(name, str) or name not in self._items:
             valid = ", ".join(sorted(self._items)) or "(none)"

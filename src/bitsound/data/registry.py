@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bitsound.data.records import Dataset
 from bitsound.errors import DataError, RegistryError
+from bitsound.registry import Registry
 
 Factory = Callable[[str], Dataset]
 
@@ -21,11 +22,11 @@ Factory = Callable[[str], Dataset]
 @dataclass(frozen=True)
 class _Entry:
     factory: Factory
-    description: str
     path_required: bool
 
 
-_REGISTRY: dict[str, _Entry] = {}
+# The shared name registry gives unique names and errors that list the valid kinds.
+DATASETS: Registry[_Entry] = Registry("dataset kind")
 
 
 def register_dataset(
@@ -51,13 +52,7 @@ def register_dataset(
         raise RegistryError(f"dataset kind {name!r} must be a non-empty name without ':'")
 
     def decorator(factory: Factory) -> Factory:
-        if name in _REGISTRY:
-            other = _REGISTRY[name].factory
-            raise RegistryError(
-                f"dataset kind {name!r} is already registered by "
-                f"{other.__module__}.{other.__qualname__}; choose another name"
-            )
-        _REGISTRY[name] = _Entry(factory, description, path_required)
+        DATASETS.add(name, _Entry(factory, path_required), description=description)
         return factory
 
     return decorator
@@ -65,7 +60,7 @@ def register_dataset(
 
 def list_datasets() -> list[tuple[str, str]]:
     """All registered kinds as ``(name, description)``, sorted by name."""
-    return [(name, _REGISTRY[name].description) for name in sorted(_REGISTRY)]
+    return DATASETS.describe()
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -100,16 +95,15 @@ def open_dataset(spec: str) -> Dataset:
             "e.g. open_dataset(f'folder:{path}')"
         )
     kind, path = parse_spec(spec)
-    entry = _REGISTRY.get(kind)
-    if entry is None:
+    if kind not in DATASETS:
         raise RegistryError(
             f"unknown dataset kind {kind!r} in spec {spec!r}; specs look like KIND:PATH and the "
-            f"valid kinds are: {', '.join(sorted(_REGISTRY))}"
+            f"valid kinds are: {', '.join(DATASETS)}"
         )
+    entry = DATASETS.get(kind)
     if entry.path_required and not path:
-        raise RegistryError(
-            f"dataset spec {spec!r} has no path; write it as {kind}:PATH ({entry.description})"
-        )
+        description = dict(DATASETS.describe())[kind]
+        raise RegistryError(f"dataset spec {spec!r} has no path; write it as {kind}:PATH ({description})")
     return entry.factory(path)
 
 
