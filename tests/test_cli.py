@@ -102,3 +102,18 @@ def test_evaluate_subset_of_labels_is_fine_and_unknown_labels_are_an_error(train
     assert main(["evaluate", "--model", str(out / "model.pt"), "--data",
                  f"manifest:{tmp_path / 'bad.csv'}", "--no-cache", "--json"]) == 2
     assert "not-a-class" in capsys.readouterr().err
+
+
+def test_complexity_json_and_budget(trained, capsys):
+    out, _ = trained
+    capsys.readouterr()
+    assert main(["complexity", "--model", str(out / "model.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("params", "nonzero_params", "macs", "bops", "bytes", "layers"):
+        assert key in report
+    model = bitsound.load_model(out / "model.pt")
+    assert report["params"] == sum(p.numel() for p in model.net.parameters())
+    assert main(["complexity", "--model", str(out / "model.pt"), "--max-kb", "1",
+                 "--max-macs", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "over budget" in err and "KB" in err

@@ -32,16 +32,17 @@ def _percent(value) -> str:
 
 
 def cmd_train(args) -> int:
-    from bitsound.experiment import holdout_split, open_recipe_data, train_on_split
+    from bitsound.experiment import data_name, holdout_split, open_recipe_data, train_on_split
     from bitsound.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set)
-    if args.data:
+    if args.data:  # one data set replaces the recipe's spec or sources
+        recipe.data.sources = []
         recipe.data.spec = args.data
     out_dir = Path(args.out or Path("runs") / recipe.name)
     dataset = open_recipe_data(recipe)
     split = holdout_split(recipe, dataset)
-    log.info("training %s on %s (%d clips) -> %s", recipe.name, recipe.data.spec,
+    log.info("training %s on %s (%d clips) -> %s", recipe.name, data_name(recipe),
              len(dataset.clips), out_dir)
     outcome = train_on_split(recipe, dataset, split, out_dir=out_dir, cache=_cache(args),
                              resume=args.resume, show_progress=not args.quiet)
@@ -75,7 +76,8 @@ def cmd_cv(args) -> int:
     from bitsound.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set)
-    if args.data:
+    if args.data:  # one data set replaces the recipe's spec or sources
+        recipe.data.sources = []
         recipe.data.spec = args.data
     out_dir = Path(args.out or Path("runs") / f"{recipe.name}-cv")
     summary = cross_validate(recipe, open_recipe_data(recipe), out_dir=out_dir,
@@ -90,6 +92,24 @@ def cmd_cv(args) -> int:
                   f"{100 * summary['std_accuracy']:.2f}", "", "")
     out_console.print(table)
     out_console.print(f"report: {out_dir / 'cv.json'}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from bitsound.recipes import study_path
+    from bitsound.study import COLUMNS, cell, load_study, run_study
+
+    study = load_study(study_path(args.study))
+    out_dir = Path(args.out or Path("runs") / study.study)
+    rows = run_study(study, out_dir=out_dir, cache=_cache(args), extra_overrides=args.set,
+                     data=args.data, show_progress=not args.quiet)
+    table = Table(title=f"bitsound study: {study.study}")
+    for column in COLUMNS:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*(cell(k, row[k]) for k in COLUMNS))
+    out_console.print(table)
+    out_console.print(f"tables: {out_dir / 'study.csv'}, {out_dir / 'study.md'}")
     return 0
 
 
@@ -127,6 +147,25 @@ def cmd_predict(args) -> int:
         table.add_row(row["file"], row["label"], f"{row['probability']:.3f}", str(row["n_windows"]))
     out_console.print(table)
     return 0
+
+
+def cmd_complexity(args) -> int:
+    from bitsound.complexity import check_budget, complexity_report, render_report
+    from bitsound.modelfile import feature_shape, load_model
+
+    model = load_model(args.model)
+    report = complexity_report(model.net, feature_shape(model.recipe))
+    report["model"] = str(args.model)
+    violations = check_budget(report, max_kb=args.max_kb, max_macs=args.max_macs,
+                              max_params=args.max_params, rule=args.rule)
+    report["budget_violations"] = violations
+    if args.json:
+        print(json.dumps(report))
+    else:
+        render_report(report, out_console)
+    for reason in violations:
+        err_console.print(f"[bold red]over budget:[/] {reason}", highlight=False, soft_wrap=True)
+    return 1 if violations else 0
 
 
 def cmd_list(args) -> int:
@@ -194,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(p)
     p.set_defaults(func=cmd_cv)
 
+    p = sub.add_parser("study", help="train a study's variations and tabulate them")
+    p.add_argument("study", metavar="NAME|FILE.yaml", help="a shipped study or a study file")
+    p.add_argument("--data", metavar="SPEC", help="data set KIND:PATH for every row")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/STUDY)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every row, e.g. --set train.epochs=2")
+    _add_common(p)
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("evaluate", help="score a model on every clip of a data set")
     p.add_argument("--model", required=True, metavar="DIR/model.pt")
     p.add_argument("--data", required=True, metavar="SPEC")
@@ -207,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("complexity", help="parameters, bytes, MACs and binary ops of a model")
+    p.add_argument("--model", required=True, metavar="DIR/model.pt")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--max-kb", type=float, metavar="KB", help="budget: model size in KB (1024 B)")
+    p.add_argument("--max-macs", type=float, metavar="N", help="budget: float MACs, e.g. 30e6")
+    p.add_argument("--max-params", type=int, metavar="N", help="budget: number of parameters")
+    p.add_argument("--rule", default="storage", choices=["storage", "dcase2020", "dcase2022"],
+                   help="which size rule --max-kb applies to (default storage)")
+    p.set_defaults(func=cmd_complexity, quiet=False)
 
     p = sub.add_parser("list", help="list registered models, data set kinds or recipes")
     p.add_argument("what", choices=["models", "datasets", "recipes"])

@@ -108,8 +108,19 @@ class SplitConfig(Section):
     seed: int = 0
 
 
+class SourceConfig(Section):
+    """One member of a combined data set (see :mod:`bitsound.data.combine`)."""
+
+    spec: str
+    label: str | None = None  # give every clip this label
+    relabel: dict[str, str] = {}  # or map original labels to new ones
+    exclude_labels: list[str] = []  # original labels to drop first
+
+
 class DataConfig(Section):
-    spec: str = "synthetic"
+    # One data set ``KIND:PATH``, or several combined under ``sources`` (then spec is unset).
+    spec: str | None = "synthetic"
+    sources: list[SourceConfig] = []
     # The held-out split ``bitsound train`` validates on.
     split: SplitConfig = SplitConfig()
     # The cross-validation ``bitsound cv`` runs: each fold, or each group, held out in turn.
@@ -172,8 +183,20 @@ class EarlyStoppingConfig(Section):
     patience: int | None = Field(default=None, ge=1)  # None: never stop early
 
 
+class DistillConfig(Section):
+    """Distillation from a trained teacher (``train.task: distillation``)."""
+
+    teacher: str  # path of a model.pt with the same labels and feature config
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+
+
 class TrainConfig(Section):
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "distillation"] = "classification"
+    distill: DistillConfig | None = None
+    # Start from the weights of another model.pt of the same architecture (two-stage
+    # training of binary networks: stage 2 starts from stage 1).
+    init_from: str | None = None
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=64, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -199,6 +222,20 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
+    def _check_data(self) -> Recipe:
+        if bool(self.data.spec) == bool(self.data.sources):
+            raise ValueError("data needs either spec (one data set) or sources (several), not "
+                             "both; write spec: null when you give sources")
+        return self
+
+    @model_validator(mode="after")
+    def _check_task(self) -> Recipe:
+        if (self.train.task == "distillation") != (self.train.distill is not None):
+            raise ValueError("train.task 'distillation' and train.distill go together: give "
+                             "train.distill.teacher (a model.pt) with task distillation")
+        return self
+
+    @model_validator(mode="after")
     def _check_split(self) -> Recipe:
         split = self.data.split
         if split.kind == "folds" and not split.val_folds:
@@ -209,7 +246,7 @@ class Recipe(Section):
 # --------------------------------------------------------------------------------------------
 # loading, overrides and error messages
 # --------------------------------------------------------------------------------------------
-def _format_validation_error(err: ValidationError, *, source: str) -> str:
+def format_validation_error(err: ValidationError, *, source: str) -> str:
     lines = [f"invalid recipe {source}:"]
     for item in err.errors():
         path = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -229,7 +266,7 @@ def parse_recipe(data: dict, *, source: str = "<dict>") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source=source)) from None
+        raise ConfigError(format_validation_error(err, source=source)) from None
 
 
 def read_yaml(path: Path) -> dict:

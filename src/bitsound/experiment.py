@@ -16,21 +16,31 @@ from bitsound.audio.augment import FeatureAugment
 from bitsound.audio.io import load_audio
 from bitsound.config import Recipe
 from bitsound.data import FeatureCache, Split, open_dataset, splits
+from bitsound.data.combine import Source, open_combined
 from bitsound.data.records import Dataset
 from bitsound.errors import ConfigError, DataError
 from bitsound.metrics import classification_report
 from bitsound.modelfile import SoundClassifier, build_net, load_model, save_model
-from bitsound.pipeline import build_features, clip_probabilities, window_audio
+from bitsound.pipeline import build_features, clip_probabilities, feature_config, window_audio
 from bitsound.train import ClassificationTask, fit
 from bitsound.train.checkpoint import save_json
 from bitsound.train.loop import seed_everything
+from bitsound.train.tasks import DistillationTask
 
 log = logging.getLogger("bitsound")
 
 
-def open_recipe_data(recipe: Recipe, spec: str | None = None) -> Dataset:
-    """The recipe's data set (or ``spec``), without the recipe's excluded labels."""
-    dataset = open_dataset(spec or recipe.data.spec)
+def data_name(recipe: Recipe) -> str:
+    """The recipe's data as one string: its spec, or its sources' specs joined by '+'."""
+    return recipe.data.spec or " + ".join(source.spec for source in recipe.data.sources)
+
+
+def open_recipe_data(recipe: Recipe) -> Dataset:
+    """The recipe's data set (one spec or combined sources) without its excluded labels."""
+    if recipe.data.sources:
+        dataset = open_combined([Source(**source.model_dump()) for source in recipe.data.sources])
+    else:
+        dataset = open_dataset(recipe.data.spec)
     excluded = set(recipe.data.exclude_labels)
     if excluded:
         unknown = excluded - set(dataset.labels)
@@ -38,7 +48,7 @@ def open_recipe_data(recipe: Recipe, spec: str | None = None) -> Dataset:
             log.warning("data.exclude_labels %s are not labels of %s", sorted(unknown), dataset.kind)
         dataset = dataset.subset([i for i, c in enumerate(dataset.clips) if c.label not in excluded])
     if not dataset.clips:
-        raise DataError(f"data set '{spec or recipe.data.spec}' has no clips left to train on")
+        raise DataError(f"data set '{data_name(recipe)}' has no clips left to train on")
     return dataset
 
 
@@ -109,8 +119,14 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
 
     seed_everything(recipe.train.seed)
     net = build_net(recipe, len(labels))
-    task = ClassificationTask(label_smoothing=recipe.train.label_smoothing,
-                              mixup_alpha=recipe.augment.mixup_alpha)
+    if recipe.train.init_from:
+        start = _compatible_model(recipe.train.init_from, recipe, labels, role="train.init_from")
+        try:
+            net.load_state_dict(start.net.state_dict())
+        except RuntimeError as err:
+            raise ConfigError(f"train.init_from '{recipe.train.init_from}' has other layers than "
+                              f"model '{recipe.model.name}': {str(err).splitlines()[0]}") from None
+    task = make_task(recipe, labels)
 
     def validate(model):
         return classification_report(val.clip_y, clip_probabilities(model, val), labels=labels)
@@ -118,11 +134,11 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=FeatureAugment(recipe.augment),
                  validate=validate if val is not None else None, resume=resume,
-                 fingerprint=fingerprint(recipe, recipe.data.spec), show_progress=show_progress)
+                 fingerprint=fingerprint(recipe, data_name(recipe)), show_progress=show_progress)
     net.cpu()
     metrics = {
         "recipe": recipe.name,
-        "data": recipe.data.spec,
+        "data": data_name(recipe),
         "split": _describe_split(recipe, split),
         "n_train_clips": int(train.n_clips),
         "n_train_windows": int(len(train.y)),
@@ -132,12 +148,38 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "train_seconds": round(time.perf_counter() - started, 1),
+        # Scored in eval mode without augmentation: the "training accuracy" of study tables.
+        "train_accuracy": classification_report(train.clip_y, clip_probabilities(net, train),
+                                                labels=labels)["accuracy"],
         "held_out": (classification_report(val.clip_y, clip_probabilities(net, val),
                                            labels=labels) if val is not None else None),
     }
     save_model(out_dir / "model.pt", recipe=recipe, labels=labels, net=net, metrics=metrics)
     save_json(metrics, out_dir / "metrics.json")
     return TrainOutcome(out_dir=out_dir, metrics=metrics)
+
+
+def make_task(recipe: Recipe, labels: list[str]):
+    """The training task object the recipe asks for."""
+    common = {"label_smoothing": recipe.train.label_smoothing,
+              "mixup_alpha": recipe.augment.mixup_alpha}
+    if recipe.train.task == "distillation":
+        d = recipe.train.distill
+        teacher = _compatible_model(d.teacher, recipe, labels, role="train.distill.teacher")
+        return DistillationTask(teacher.net, temperature=d.temperature, alpha=d.alpha, **common)
+    return ClassificationTask(**common)
+
+
+def _compatible_model(path: str, recipe: Recipe, labels: list[str], *, role: str):
+    """Load a model that must see the same features and predict the same labels as ``recipe``."""
+    model = load_model(path)
+    if model.labels != labels:
+        raise ConfigError(f"{role} '{path}' predicts {model.labels}, but this training has "
+                          f"labels {labels}; train it on the same data")
+    if feature_config(model.recipe) != feature_config(recipe):
+        raise ConfigError(f"{role} '{path}' was trained on other features (audio/frontend "
+                          f"config differs); use the same audio and frontend sections")
+    return model
 
 
 def _describe_split(recipe: Recipe, split: Split | None) -> dict:
@@ -160,7 +202,7 @@ def cross_validate(recipe: Recipe, dataset: Dataset, *, out_dir: Path,
                      "balanced_accuracy": held["balanced_accuracy"], "macro_f1": held["macro_f1"],
                      "log_loss": held["log_loss"]})
     accs = np.array([r["accuracy"] for r in rows])
-    summary = {"recipe": recipe.name, "data": recipe.data.spec, "split": recipe.data.cv,
+    summary = {"recipe": recipe.name, "data": data_name(recipe), "split": recipe.data.cv,
                "folds": rows, "mean_accuracy": float(accs.mean()), "std_accuracy": float(accs.std()),
                "min_accuracy": float(accs.min())}
     save_json(summary, Path(out_dir) / "cv.json")

@@ -1,6 +1,7 @@
 """Model families, found by name through :data:`MODELS` (``bitsound list models``)."""
 
-from bitsound.models import cnn  # noqa: F401  (registers the CNN family)
+# importing a family registers its models: cnn2d; bcnn2d; the seed 000 thesis family
+from bitsound.models import binary_cnn, cnn, thesis  # noqa: F401
 from bitsound.models.registry import MODELS, build_model, register_model
 
 __all__ = ["MODELS", "build_model", "register_model"]

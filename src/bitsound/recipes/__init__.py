@@ -9,18 +9,34 @@ from bitsound.config import Recipe, apply_overrides, parse_recipe, read_yaml
 from bitsound.errors import ConfigError
 
 
-def _shipped() -> dict[str, Path]:
+def _shipped(subfolder: str = "") -> dict[str, Path]:
     folder = resources.files(__package__)
+    if subfolder:
+        folder = folder / subfolder
     return {Path(str(entry)).stem: Path(str(entry)) for entry in folder.iterdir()
             if str(entry).endswith(".yaml")}
 
 
 def list_recipes() -> list[tuple[str, str]]:
-    """(name, description) of each shipped recipe."""
+    """(name, description) of each shipped recipe and study (studies run with bitsound study)."""
     rows = []
-    for name, path in sorted(_shipped().items()):
-        rows.append((name, str(read_yaml(path).get("description", "")).strip().split("\n")[0]))
+    for kind, folder in (("", ""), ("study: ", "studies")):
+        for name, path in sorted(_shipped(folder).items()):
+            summary = str(read_yaml(path).get("description", "")).strip().split("\n")[0]
+            rows.append((name, kind + summary))
     return rows
+
+
+def study_path(name_or_path: str) -> Path:
+    """A shipped study by name, or a study YAML file by path."""
+    shipped = _shipped("studies")
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"unknown study {name_or_path!r}: not a shipped study "
+                          f"({', '.join(sorted(shipped)) or 'none'}) nor an existing YAML file")
+    return path
 
 
 def load_recipe(name_or_path: str, *, overrides: list[str] | None = None) -> Recipe:

@@ -30,15 +30,25 @@ class ClassificationTask:
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       generator: torch.Generator) -> torch.Tensor:
         """Loss of one training batch. x : [shape=(batch, ...)], y : [shape=(batch,)] int."""
-        if self.mixup_alpha > 0:
-            # torch's Beta sampler ignores generators; seed numpy's from ours instead so runs
-            # stay reproducible and resumable.
-            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
-            perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-            logits = model(lam * x + (1 - lam) * x[perm])
-            return lam * self._ce(logits, y) + (1 - lam) * self._ce(logits, y[perm])
-        return self._ce(model(x), y)
+        x, lam, perm = self.mix(x, generator)
+        return self.loss_on(model(x), y, x=x, lam=lam, perm=perm)
+
+    def mix(self, x: torch.Tensor, generator: torch.Generator):
+        """Mixup of a batch: (mixed x, lambda, permutation); lambda is 1 without mixup."""
+        if self.mixup_alpha <= 0:
+            return x, 1.0, None
+        # torch's Beta sampler ignores generators; seed numpy's from ours instead so runs
+        # stay reproducible and resumable.
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        return lam * x + (1 - lam) * x[perm], lam, perm
+
+    def loss_on(self, logits: torch.Tensor, y: torch.Tensor, *, x, lam: float, perm):
+        """Cross-entropy against the (possibly mixed) targets."""
+        if perm is None:
+            return self._ce(logits, y)
+        return lam * self._ce(logits, y) + (1 - lam) * self._ce(logits, y[perm])
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -48,3 +58,42 @@ class ClassificationTask:
         """Class probabilities [shape=(batch, n_classes)]."""
         return torch.softmax(model(x), dim=-1)
 
+
+
+class DistillationTask(ClassificationTask):
+    """Knowledge distillation (Hinton et al. 2015) from a frozen teacher on the same features.
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+           + (1 - alpha) * cross-entropy(student, labels)
+
+    The teacher sees exactly the (augmented, mixed) batch the student sees. Used to train
+    binary networks from their float twins (seed 003 distils its pruned/quantized models too).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        Maps the same features to logits over the same labels; kept in eval mode.
+    temperature : float
+        Softening temperature T.
+    alpha : float in [0, 1]
+        Weight of the distillation term.
+    """
+
+    def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
+                 label_smoothing: float = 0.0, mixup_alpha: float = 0.0):
+        super().__init__(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
+        self.teacher = teacher.eval()
+        for param in self.teacher.parameters():
+            param.requires_grad_(False)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def loss_on(self, logits, y, *, x, lam, perm):
+        hard = super().loss_on(logits, y, x=x, lam=lam, perm=perm)
+        self.teacher.to(x.device)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                        reduction="batchmean", log_target=True) * t * t
+        return self.alpha * soft + (1 - self.alpha) * hard

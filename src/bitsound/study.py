@@ -1,0 +1,124 @@
+"""Studies: one base recipe trained under several variations, summarised in one table.
+
+A study file names a base recipe and a list of rows, each a set of ``key.path: value``
+overrides (the same keys as ``--set``). ``bitsound study FILE`` trains every row on the same
+split and writes ``study.csv`` and ``study.md`` with training and validation accuracy,
+parameters and model size per row, plus each row's own run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from bitsound.config import Section, format_validation_error, read_yaml
+from bitsound.errors import ConfigError
+
+log = logging.getLogger("bitsound.study")
+
+
+class StudyRow(Section):
+    name: str
+    set: dict[str, Any] = {}
+
+
+class Study(Section):
+    """A base recipe and its variations (rows)."""
+
+    study: str
+    description: str = ""
+    base: str  # a shipped recipe name or a YAML file
+    set: dict[str, Any] = {}  # overrides shared by every row
+    rows: list[StudyRow] = Field(min_length=1)
+
+
+def is_study_file(data: dict) -> bool:
+    return "study" in data
+
+
+def load_study(path: Path) -> Study:
+    data = read_yaml(path)
+    try:
+        return Study.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source=f"study '{path}'")) from None
+
+
+def _as_overrides(values: dict[str, Any]) -> list[str]:
+    # Values are dumped as flow-style YAML so lists and nulls survive the --set parser.
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in values.items()]
+
+
+COLUMNS = ["row", "train_accuracy", "val_accuracy", "val_balanced_accuracy", "params",
+           "storage_kb", "macs", "bops", "best_epoch", "train_seconds"]
+
+
+def run_study(study: Study, *, out_dir: Path, cache, extra_overrides: list[str] | None = None,
+              data: str | None = None, show_progress: bool = True) -> list[dict]:
+    """Train every row and write ``study.csv`` / ``study.md`` into ``out_dir``."""
+    from bitsound.complexity import complexity_report
+    from bitsound.experiment import holdout_split, open_recipe_data, train_on_split
+    from bitsound.modelfile import feature_shape, load_model
+    from bitsound.recipes import load_recipe
+    from bitsound.train.checkpoint import save_text
+
+    out_dir = Path(out_dir)
+    rows = []
+    for index, row in enumerate(study.rows):
+        overrides = _as_overrides(study.set) + _as_overrides(row.set) + list(extra_overrides or [])
+        recipe = load_recipe(study.base, overrides=overrides)
+        if data:
+            recipe.data.sources = []
+            recipe.data.spec = data
+        log.info("study %s: row %d/%d '%s'", study.study, index + 1, len(study.rows), row.name)
+        dataset = open_recipe_data(recipe)
+        run_dir = out_dir / f"row{index + 1:02d}"
+        outcome = train_on_split(recipe, dataset, holdout_split(recipe, dataset), out_dir=run_dir,
+                                 cache=cache, show_progress=show_progress)
+        model = load_model(run_dir / "model.pt")
+        report = complexity_report(model.net, feature_shape(model.recipe))
+        held = outcome.metrics["held_out"] or {}
+        rows.append({"row": row.name, "train_accuracy": outcome.metrics["train_accuracy"],
+                     "val_accuracy": held.get("accuracy"),
+                     "val_balanced_accuracy": held.get("balanced_accuracy"),
+                     "params": report["params"], "storage_kb": report["kb"]["storage"],
+                     "macs": report["macs"], "bops": report["bops"],
+                     "best_epoch": outcome.metrics["best_epoch"],
+                     "train_seconds": outcome.metrics["train_seconds"]})
+        save_text(to_csv(rows), out_dir / "study.csv")  # after each row: a crash keeps the rest
+        save_text(to_markdown(study, rows), out_dir / "study.md")
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("accuracy"):
+        return f"{100 * value:.2f} %"
+    if key == "storage_kb":
+        return f"{value:.2f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(study: Study, rows: list[dict]) -> str:
+    lines = [f"# Study: {study.study}", "", study.description.strip(), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
