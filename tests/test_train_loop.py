@@ -114,6 +114,7 @@ def test_unknown_early_stopping_metric_is_an_error(tmp_path):
     {"name": "cosine", "warmup_epochs": 1},
     {"name": "sgdr", "restarts": [2]},
     {"name": "plateau", "patience": 1},
+    {"name": "inverse_time", "decay": 0.01},
 ])
 def test_every_schedule_runs(tmp_path, schedule):
     x, y = toy_data()
@@ -130,3 +131,11 @@ def test_schedule_shapes():
     factors = [sgdr_factor(e, epochs=9, restarts=[3, 6], min_factor=0) for e in range(9)]
     assert factors[0] == factors[3] == factors[6] == 1.0
     assert factors[2] < factors[1] < 1.0
+
+
+def test_inverse_time_decay_counts_iterations():
+    from bitsound.train.schedules import optim_lambda
+
+    f = optim_lambda(ScheduleConfig(name="inverse_time", decay=0.01), epochs=5, min_factor=0,
+                     steps_per_epoch=10)
+    assert f(0) == 1.0 and f(2) == pytest.approx(1 / 1.2)

@@ -166,15 +166,18 @@ class ScheduleConfig(Section):
     ``warmup_epochs`` then cosine decay to ``min_lr``. ``sgdr``: cosine warm restarts at the
     given ``restarts`` epochs (Loshchilov & Hutter 2017, used by seed 002). ``plateau``: multiply
     by ``gamma`` when the monitored validation metric stalls for ``patience`` epochs.
+    ``inverse_time``: Keras's classic ``decay``, lr / (1 + decay * iterations), as used by the
+    seed-000 thesis; iterations are counted at epoch ends (one value per epoch).
     """
 
-    name: Literal["constant", "step", "cosine", "sgdr", "plateau"] = "cosine"
+    name: Literal["constant", "step", "cosine", "sgdr", "plateau", "inverse_time"] = "cosine"
     warmup_epochs: int = Field(default=0, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
     step_size: int = Field(default=10, gt=0)
     gamma: float = Field(default=0.1, gt=0, le=1)
     restarts: list[int] = []
     patience: int = Field(default=3, ge=1)
+    decay: float = Field(default=0.0, ge=0)  # inverse_time only, per iteration
 
 
 class EarlyStoppingConfig(Section):
@@ -209,6 +212,13 @@ class TrainConfig(Section):
     num_threads: int | None = Field(default=None, gt=0)
 
 
+class EvaluationConfig(Section):
+    """How held-out scores count: per clip (its windows' probabilities averaged) or per window
+    (each segment is one example, as in segment-level detection such as seed 000)."""
+
+    level: Literal["clip", "window"] = "clip"
+
+
 class Recipe(Section):
     """A whole experiment: data, audio, front end, model, augmentation and training."""
 
@@ -220,6 +230,7 @@ class Recipe(Section):
     model: ModelConfig
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _check_data(self) -> Recipe:

@@ -19,9 +19,8 @@ from bitsound.data import FeatureCache, Split, open_dataset, splits
 from bitsound.data.combine import Source, open_combined
 from bitsound.data.records import Dataset
 from bitsound.errors import ConfigError, DataError
-from bitsound.metrics import classification_report
 from bitsound.modelfile import SoundClassifier, build_net, load_model, save_model
-from bitsound.pipeline import build_features, clip_probabilities, feature_config, window_audio
+from bitsound.pipeline import build_features, feature_config, score, window_audio
 from bitsound.train import ClassificationTask, fit
 from bitsound.train.checkpoint import save_json
 from bitsound.train.loop import seed_everything
@@ -127,9 +126,10 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
             raise ConfigError(f"train.init_from '{recipe.train.init_from}' has other layers than "
                               f"model '{recipe.model.name}': {str(err).splitlines()[0]}") from None
     task = make_task(recipe, labels)
+    level = recipe.evaluation.level
 
     def validate(model):
-        return classification_report(val.clip_y, clip_probabilities(model, val), labels=labels)
+        return score(model, val, labels=labels, level=level)
 
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=FeatureAugment(recipe.augment),
@@ -149,10 +149,9 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
         "stopped_early": result.stopped_early,
         "train_seconds": round(time.perf_counter() - started, 1),
         # Scored in eval mode without augmentation: the "training accuracy" of study tables.
-        "train_accuracy": classification_report(train.clip_y, clip_probabilities(net, train),
-                                                labels=labels)["accuracy"],
-        "held_out": (classification_report(val.clip_y, clip_probabilities(net, val),
-                                           labels=labels) if val is not None else None),
+        "score_level": level,
+        "train_accuracy": score(net, train, labels=labels, level=level)["accuracy"],
+        "held_out": score(net, val, labels=labels, level=level) if val is not None else None,
     }
     save_model(out_dir / "model.pt", recipe=recipe, labels=labels, net=net, metrics=metrics)
     save_json(metrics, out_dir / "metrics.json")
@@ -224,8 +223,9 @@ def evaluate_model(model: SoundClassifier, spec: str, *, cache: FeatureCache | N
     features = build_features(dataset, range(len(dataset.clips)), recipe=model.recipe,
                               label_index=label_index, cache=cache, show_progress=show_progress,
                               description="features")
-    probs = clip_probabilities(model.net, features)
-    report = classification_report(features.clip_y, probs, labels=model.labels)
+    level = model.recipe.evaluation.level
+    report = score(model.net, features, labels=model.labels, level=level)
+    report["level"] = level
     report["data"] = spec
     return report
 

@@ -19,6 +19,7 @@ from bitsound.audio.io import to_model_windows
 from bitsound.config import AudioConfig, Recipe
 from bitsound.data import Dataset, FeatureCache, make_key
 from bitsound.errors import DataError
+from bitsound.metrics import classification_report
 
 log = logging.getLogger("bitsound.pipeline")
 
@@ -112,8 +113,9 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
 
 
 @torch.no_grad()
-def clip_probabilities(net: nn.Module, features: FeatureSet, *, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities per clip [shape=(n_clips, n_classes)]: the mean over its windows."""
+def window_probabilities(net: nn.Module, features: FeatureSet, *,
+                         batch_size: int = 256) -> np.ndarray:
+    """Class probabilities per window [shape=(n_windows, n_classes)]."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
@@ -122,9 +124,21 @@ def clip_probabilities(net: nn.Module, features: FeatureSet, *, batch_size: int 
         batch = features.x[start:start + batch_size].to(device, dtype=torch.float32)
         probs.append(torch.softmax(net(batch), dim=-1).cpu())
     net.train(was_training)
-    window_probs = torch.cat(probs).double().numpy()
-    n_classes = window_probs.shape[1]
-    sums = np.zeros((features.n_clips, n_classes))
+    return torch.cat(probs).double().numpy()
+
+
+def clip_probabilities(net: nn.Module, features: FeatureSet, *, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities per clip [shape=(n_clips, n_classes)]: the mean over its windows."""
+    window_probs = window_probabilities(net, features, batch_size=batch_size)
+    sums = np.zeros((features.n_clips, window_probs.shape[1]))
     np.add.at(sums, features.clip_of_window, window_probs)
     counts = np.bincount(features.clip_of_window, minlength=features.n_clips)
     return sums / counts[:, None]
+
+
+def score(net: nn.Module, features: FeatureSet, *, labels: list[str], level: str) -> dict:
+    """Classification report per clip (window probabilities averaged) or per window."""
+    if level == "window":
+        return classification_report(features.y.numpy(), window_probabilities(net, features),
+                                     labels=labels)
+    return classification_report(features.clip_y, clip_probabilities(net, features), labels=labels)

@@ -153,7 +153,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     es = cfg.early_stopping
-    scheduler = EpochScheduler(optimizer, cfg.schedule, epochs=cfg.epochs, mode=es.mode)
+    steps = math.ceil(len(train_y) / cfg.batch_size)
+    scheduler = EpochScheduler(optimizer, cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps,
+                               mode=es.mode)
     monitor = _Monitor(es.metric if validate else "", es.mode)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -180,7 +182,6 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     save_text("".join(json.dumps(r) + "\n" for r in history), log_path)
 
     n = len(train_y)
-    steps = math.ceil(n / cfg.batch_size)
     stopped_early = False
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} batches"),

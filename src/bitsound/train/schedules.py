@@ -33,11 +33,12 @@ class EpochScheduler:
     """Wraps a torch scheduler so the loop calls ``step(metric)`` once per epoch for all kinds."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, epochs: int,
-                 mode: str = "max"):
+                 steps_per_epoch: int = 1, mode: str = "max"):
         self.cfg = cfg
         base_lr = optimizer.param_groups[0]["lr"]
         min_factor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
-        lr_lambda = optim_lambda(cfg, epochs=epochs, min_factor=min_factor)
+        lr_lambda = optim_lambda(cfg, epochs=epochs, min_factor=min_factor,
+                                 steps_per_epoch=steps_per_epoch)
         if cfg.name == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=cfg.gamma, patience=cfg.patience, min_lr=cfg.min_lr)
@@ -59,7 +60,9 @@ class EpochScheduler:
         self.scheduler.load_state_dict(state)
 
 
-def optim_lambda(cfg: ScheduleConfig, *, epochs: int, min_factor: float):
+def optim_lambda(cfg: ScheduleConfig, *, epochs: int, min_factor: float, steps_per_epoch: int = 1):
+    if cfg.name == "inverse_time":
+        return lambda epoch: 1.0 / (1.0 + cfg.decay * epoch * steps_per_epoch)
     if cfg.name == "constant" or cfg.name == "plateau":
         return lambda epoch: 1.0
     if cfg.name == "step":
