@@ -139,3 +139,20 @@ def test_inverse_time_decay_counts_iterations():
     f = optim_lambda(ScheduleConfig(name="inverse_time", decay=0.01), epochs=5, min_factor=0,
                      steps_per_epoch=10)
     assert f(0) == 1.0 and f(2) == pytest.approx(1 / 1.2)
+
+
+def test_without_selection_the_last_epoch_is_kept(tmp_path):
+    falling = iter([0.9, 0.5, 0.4, 0.3])
+    x, y = toy_data()
+    model, result = run(tmp_path, epochs=4, validate=lambda m: {"accuracy": next(falling)},
+                        early_stopping={"metric": "val_accuracy", "patience": 1})
+    assert result.best_epoch == 1 and result.stopped_early
+    falling = iter([0.9, 0.5, 0.4, 0.3])
+    x, y = toy_data()
+    model = toy_model()
+    result = fit(model=model, task=ClassificationTask(), train_x=x, train_y=y,
+                 cfg=TrainConfig(epochs=4, batch_size=16,
+                                 early_stopping={"metric": "val_accuracy", "patience": 1}),
+                 out_dir=tmp_path / "last", validate=lambda m: {"accuracy": next(falling)},
+                 select_best=False, show_progress=False)
+    assert result.best_epoch == 4 and result.epochs_run == 4 and not result.stopped_early

@@ -94,7 +94,7 @@ class TrainOutcome:
 
 
 def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out_dir: Path,
-                   cache: FeatureCache | None, resume: bool = False,
+                   cache: FeatureCache | None, resume: bool = False, select_best: bool = True,
                    show_progress: bool = True) -> TrainOutcome:
     """Train one model on ``split.train`` (all clips if None), validate on ``split.val``, and
     write ``model.pt``, ``metrics.json`` and ``log.jsonl`` into ``out_dir``."""
@@ -134,7 +134,8 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=FeatureAugment(recipe.augment),
                  validate=validate if val is not None else None, resume=resume,
-                 fingerprint=fingerprint(recipe, data_name(recipe)), show_progress=show_progress)
+                 fingerprint=fingerprint(recipe, data_name(recipe)), select_best=select_best,
+                 show_progress=show_progress)
     net.cpu()
     metrics = {
         "recipe": recipe.name,
@@ -190,12 +191,16 @@ def _describe_split(recipe: Recipe, split: Split | None) -> dict:
 
 def cross_validate(recipe: Recipe, dataset: Dataset, *, out_dir: Path,
                    cache: FeatureCache | None, show_progress: bool = True) -> dict:
-    """Train one model per fold/group and report each held-out score and their mean."""
+    """Train one model per fold/group and report each held-out score and their mean.
+
+    Each model trains for the recipe's full epoch count and is scored as it ends: the held-out
+    fold never selects an epoch, so the mean is an honest estimate for unseen folds/speakers.
+    """
     rows = []
     for split in cv_splits(recipe, dataset):
         log.info("cross-validation: holding out %s (%d clips)", split.name, len(split.val))
         outcome = train_on_split(recipe, dataset, split, out_dir=Path(out_dir) / f"cv-{split.name}",
-                                 cache=cache, show_progress=show_progress)
+                                 cache=cache, select_best=False, show_progress=show_progress)
         held = outcome.metrics["held_out"]
         rows.append({"held_out": split.name, "n": held["n"], "accuracy": held["accuracy"],
                      "balanced_accuracy": held["balanced_accuracy"], "macro_f1": held["macro_f1"],

@@ -118,7 +118,7 @@ class _Monitor:
 def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
         cfg: TrainConfig, out_dir: Path, augment: FeatureAugment | None = None,
         validate: Callable[[nn.Module], dict] | None = None, resume: bool = False,
-        fingerprint: str = "", show_progress: bool = True) -> FitResult:
+        fingerprint: str = "", select_best: bool = True, show_progress: bool = True) -> FitResult:
     """Train ``model`` in place and return the history; the best weights are loaded at the end.
 
     Parameters
@@ -143,6 +143,10 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
         Continue from ``checkpoints/last.pt`` if present (after a crash or interruption).
     fingerprint : str
         Identifies the experiment; resuming a checkpoint with another fingerprint is an error.
+    select_best : bool
+        Keep the epoch with the best validation metric (and stop early). False keeps the last
+        epoch and never stops early: cross-validation uses it so that the held-out fold only
+        measures the model and never chooses it.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -156,7 +160,7 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     steps = math.ceil(len(train_y) / cfg.batch_size)
     scheduler = EpochScheduler(optimizer, cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps,
                                mode=es.mode)
-    monitor = _Monitor(es.metric if validate else "", es.mode)
+    monitor = _Monitor(es.metric if validate and select_best else "", es.mode)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch = 0
@@ -233,7 +237,7 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
                         "fingerprint": fingerprint}, ckpt_dir / "last.pt")
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if validate is not None and es.patience is not None and monitor.stale >= es.patience:
+            if monitor.metric and es.patience is not None and monitor.stale >= es.patience:
                 log.info("early stopping: %s did not improve for %d epochs", es.metric, es.patience)
                 stopped_early = True
                 break
