@@ -262,7 +262,7 @@ def gated_recording() -> np.ndarray:
 
 @pytest.mark.parametrize(("gate_db", "kept"), [(-30, [0, 2, 4, 5]), (-10, [0, 2, 5])])
 def test_energy_gate_drops_exactly_the_quiet_windows(gated_recording, gate_db, kept, caplog):
-    with caplog.at_level(logging.INFO, logger="bitsound.audio"):
+    with caplog.at_level(logging.DEBUG, logger="bitsound.audio"):
         seg = segment(gated_recording, 100, length=1.0, hop=1.0, energy_gate_db=gate_db)
     np.testing.assert_allclose(seg.starts, kept)
     assert seg.n_dropped == 6 - len(kept)

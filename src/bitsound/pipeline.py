@@ -59,12 +59,19 @@ def window_audio(x: np.ndarray, sample_rate: int, audio: AudioConfig) -> np.ndar
 
 
 @torch.no_grad()
-def clip_features(dataset: Dataset, clip, *, recipe: Recipe, frontend: nn.Module) -> np.ndarray:
-    """Features of every window of one clip [shape=(n_windows, *feature_shape)], float32."""
+def clip_features(dataset: Dataset, clip, *, recipe: Recipe, frontend: nn.Module,
+                  stats: dict | None = None) -> np.ndarray:
+    """Features of every window of one clip [shape=(n_windows, *feature_shape)], float32.
+
+    ``stats``, when given, accumulates ``windows_dropped`` by the energy gate.
+    """
     audio = recipe.audio
     wave = dataset.load(clip, sample_rate=audio.sample_rate, channels=audio.channels)
-    windows = window_audio(wave, audio.sample_rate, audio)
-    return frontend(torch.from_numpy(np.ascontiguousarray(windows))).numpy().astype(np.float32)
+    segments = to_model_windows(wave, audio.sample_rate, audio)
+    if stats is not None:
+        stats["windows_dropped"] = stats.get("windows_dropped", 0) + segments.n_dropped
+    windows = torch.from_numpy(np.ascontiguousarray(segments.windows))
+    return frontend(windows).numpy().astype(np.float32)
 
 
 def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: dict[str, int],
@@ -78,6 +85,7 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
     frontend = build_frontend(recipe.frontend, sample_rate=recipe.audio.sample_rate).eval()
     config = feature_config(recipe)
     xs, clip_of_window, clip_y = [], [], []
+    stats: dict = {}
     indices = list(indices)
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(description, total=len(indices))
@@ -88,7 +96,7 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
                                 f"does not know; known labels: {sorted(label_index)}")
 
             def compute(clip=clip):
-                return clip_features(dataset, clip, recipe=recipe, frontend=frontend)
+                return clip_features(dataset, clip, recipe=recipe, frontend=frontend, stats=stats)
 
             if cache is None:
                 feats = compute()
@@ -103,6 +111,10 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
             clip_of_window.append(np.full(len(feats), position))
             clip_y.append(label_index[clip.label])
             progress.advance(task)
+    if stats.get("windows_dropped"):
+        log.info("%s: the energy gate dropped %d quiet windows of the clips decoded now "
+                 "(cached clips were gated when first decoded)", description,
+                 stats["windows_dropped"])
     if not xs:
         raise DataError(f"no clips to compute {description} for; check the data spec and split")
     x = torch.from_numpy(np.concatenate(xs))

@@ -526,14 +526,14 @@ def _energy_gate(segments: Segments, gate_db: float) -> Segments:
     windows = segments.windows
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=(1, 2)))
     if rms.max() == 0:
-        logger.info("energy gate: the recording is silent; keeping all %d windows", len(rms))
+        logger.debug("energy gate: the recording is silent; keeping all %d windows", len(rms))
         return segments
     with np.errstate(divide="ignore"):
         level_db = 20 * np.log10(rms / rms.max())
     keep = level_db >= gate_db
     n_dropped = int(len(keep) - keep.sum())
     if n_dropped:
-        logger.info(
+        logger.debug(
             "energy gate: dropped %d of %d windows quieter than %s dB below the loudest",
             n_dropped,
             len(keep),
