@@ -136,7 +136,17 @@ def cmd_predict(args) -> int:
     from bitsound.experiment import predict_files
     from bitsound.modelfile import load_model
 
-    rows = predict_files(load_model(args.model), args.files)
+    if bool(args.model) == bool(args.engine):
+        err_console.print("[bold red]error:[/] give --model DIR/model.pt or --engine FILE.bsnn "
+                          "(one of them)", highlight=False, soft_wrap=True)
+        return 2
+    if args.engine:
+        from bitsound.engine.classifier import load_classifier
+
+        classifier = load_classifier(args.engine, isa=args.isa)
+    else:
+        classifier = load_model(args.model)
+    rows = predict_files(classifier, args.files)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -166,6 +176,36 @@ def cmd_complexity(args) -> int:
     for reason in violations:
         err_console.print(f"[bold red]over budget:[/] {reason}", highlight=False, soft_wrap=True)
     return 1 if violations else 0
+
+
+def cmd_export(args) -> int:
+    from bitsound.export import export_packed
+
+    export_packed(args.model, args.out)
+    out_console.print(f"exported {args.model} -> {args.out}")
+    return 0
+
+
+def cmd_bench_layer(args) -> int:
+    from bitsound.engine.bench import bench_layer
+
+    result = bench_layer(args.cin, args.cout, args.size, args.kernel, threads=args.threads,
+                         isa=args.isa)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"binary conv {args.cin}->{args.cout}, {args.kernel}x{args.kernel}, "
+                        f"{result['size'][0]}x{result['size'][1]}, 1 thread ({result['cpu']})",
+                  show_header=False)
+    table.add_row("torch fp32 conv2d", f"{result['torch_ms']:.3f} ms")
+    table.add_row(f"engine binary conv ({result['isa']})", f"{result['engine_ms']:.3f} ms")
+    table.add_row("speed-up", f"{result['speedup']:.1f}x")
+    table.add_row("engine binary MACs/s", f"{result['engine_macs_per_s']:.3g}")
+    table.add_row("machine XOR+popcount peak", f"{result['peak_macs_per_s']:.3g} binary MACs/s "
+                  f"({result['peak_method']})")
+    table.add_row("fraction of peak", f"{100 * result['fraction_of_peak']:.0f} %")
+    out_console.print(table)
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -250,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label audio files")
-    p.add_argument("--model", required=True, metavar="DIR/model.pt")
+    p.add_argument("--model", metavar="DIR/model.pt", help="run the PyTorch model")
+    p.add_argument("--engine", metavar="FILE.bsnn",
+                   help="run the exported model in the bit-packed C engine")
+    p.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"],
+                   help="engine instruction set (default: the fastest this CPU has)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -265,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="storage", choices=["storage", "dcase2020", "dcase2022"],
                    help="which size rule --max-kb applies to (default storage)")
     p.set_defaults(func=cmd_complexity, quiet=False)
+
+    p = sub.add_parser("export", help="export a trained binary model for the C engine")
+    p.add_argument("--model", required=True, metavar="DIR/model.pt")
+    p.add_argument("--out", required=True, metavar="FILE.bsnn")
+    p.set_defaults(func=cmd_export, quiet=False)
+
+    p = sub.add_parser("bench", help="speed benchmarks of the engine")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    b = bench_sub.add_parser("layer", help="one binary conv vs torch fp32 conv2d, same run")
+    b.add_argument("--cin", type=int, default=256)
+    b.add_argument("--cout", type=int, default=256)
+    b.add_argument("--size", default="32x32", metavar="HxW")
+    b.add_argument("--kernel", type=int, default=3)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"])
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_layer, quiet=False)
 
     p = sub.add_parser("list", help="list registered models, data set kinds or recipes")
     p.add_argument("what", choices=["models", "datasets", "recipes"])

@@ -1,0 +1,234 @@
+"""The bit-packed inference engine: load a ``.bsnn`` file (see :mod:`bitsound.export.packed`) and run it.
+
+The engine is C99 (``src/bitsound/engine/*.c``), built into ``bitsound.engine._engine`` by
+``pip install``. It knows nothing of PyTorch: it takes front-end features and returns logits.
+
+>>> from bitsound import engine
+>>> eng = engine.load("model.bsnn")            # isa="auto" picks the fastest path
+>>> logits = eng.predict(features)             # [batch, *eng.feature_shape] float32
+>>> eng.labels[int(logits[0].argmax())]
+
+Instruction sets (``isa``): ``"avx512"`` (AVX-512F/VL + VPOPCNTDQ), ``"avx2"`` (AVX2 + POPCNT),
+``"scalar"`` (portable C), ``"reference"`` (the plain bit-at-a-time reference of every binary op,
+for testing) and ``"auto"``; :func:`available_isas` lists what this CPU runs. Two more exist for
+the tests only: ``"avx512-emulated"`` (the AVX-512 kernels' sources on stand-ins for the AVX-512
+instructions) and ``"scalar-bitserial"`` (the bit-serial algorithm in portable C).
+
+Binary convolutions run in one of two forms. *Word-parallel*: per output pixel and channel,
+XOR the packed patch with the packed weights and popcount (AVX2: nibble-table ``vpshufb`` with a
+carry-save full adder over triples of vectors; AVX-512: ``vpopcntq``). *Bit-serial* (layers of
+>= 128-bit kernels over >= 128 output pixels): the patches of 256 output pixels are bit-transposed
+so that one vector holds one kernel bit of all 256 pixels; each output channel then sums, per
+pixel, only the rows where its weight bit is in the smaller of its 0/1 sets (at most half the
+kernel) with a Harley-Seal carry-save tree into bit-sliced counters (AVX2: 5 logic ops per full
+adder; AVX-512VL: 2 ``vpternlogq``), and ``popcount(x xor w) = n1 + X - 2 C1 = n1 - X + 2 C0``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitsound.errors import CheckpointError, ConfigError, DataError
+
+try:
+    from bitsound.engine import _engine
+except ImportError as err:  # pragma: no cover - only without a built extension
+    _engine = None
+    _IMPORT_ERROR = err
+
+ISAS = ("auto", "avx512", "avx2", "scalar", "reference")
+F32, BITS = 1, 2
+
+
+class EngineFileError(CheckpointError):
+    """A ``.bsnn`` file is malformed, corrupt or of another version.
+
+    Attributes
+    ----------
+    code : int
+        The engine's status code (``bsnn.h``: 2 truncated, 3 bad magic, 4 bad version, 5 bad
+        checksum, 6 out of range, 7 bad graph, 8 out of memory, 9 isa unavailable, 10 unsupported).
+    code_name : str
+        Its name, e.g. ``"bad_checksum"``.
+    """
+
+    def __init__(self, code: int, code_name: str, message: str, path: str | None = None):
+        self.code, self.code_name, self.path = code, code_name, path
+        where = f"'{path}': " if path else ""
+        super().__init__(f"{where}{message} [{code_name}, code {code}]")
+
+
+def _lib():
+    if _engine is None:
+        raise ConfigError(f"the C engine is not built ({_IMPORT_ERROR}); reinstall bitsound with "
+                          f"`pip install -e .` (needs a C compiler)")
+    return _engine
+
+
+def available_isas() -> list[str]:
+    """Instruction sets this CPU can run, e.g. ``["reference", "scalar", "avx2"]``."""
+    return list(_lib().available_isas())
+
+
+def auto_isa() -> str:
+    """The instruction set ``isa="auto"`` picks on this CPU."""
+    return _lib().auto_isa()
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """One op of a loaded model: type name, name (PyTorch module path), slots and output shape."""
+
+    index: int
+    type: str
+    name: str
+    in0: int
+    in1: int
+    out: int
+    shape: tuple[int, int, int]  # (h, w, c) channels last
+    bits: bool
+
+
+def _parse_meta(text: str | None, path: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise EngineFileError(6, "out_of_range", f"the metadata record is not valid JSON ({err})",
+                              path) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels", []), list):
+        raise EngineFileError(6, "out_of_range",
+                              "the metadata record is not a JSON object with a list of labels", path)
+    return meta
+
+
+_OP_TYPES = {1: "input", 2: "feature_norm", 3: "affine", 4: "activation", 5: "conv2d", 6: "pack",
+             7: "binary_conv2d", 8: "maxpool", 9: "global_avg_pool", 10: "linear", 11: "add", 12: "output"}
+
+
+class Engine:
+    """A loaded ``.bsnn`` model. Use :func:`load`.
+
+    Attributes
+    ----------
+    isa : str
+        Instruction set in use.
+    feature_shape : tuple of int
+        Shape of one example, ``(c, h, w)`` or ``(c, t)``.
+    labels : list of str or None
+        Class names from the file's metadata.
+    meta : dict
+        The file's metadata (labels, recipe, feature shape, source model).
+    ops : list of OpInfo
+    """
+
+    def __init__(self, data: bytes, *, isa: str = "auto", path: str | None = None):
+        lib = _lib()
+        if isa not in ISAS and isa not in ("avx512-emulated", "scalar-bitserial"):
+            raise ConfigError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
+        try:
+            self._m = lib.Model(data, isa)
+        except lib.FormatError as err:
+            code, name, message = err.args
+            raise EngineFileError(code, name, message, path) from None
+        self.path = path
+        self.isa: str = self._m.isa
+        self.feature_shape: tuple[int, ...] = tuple(self._m.input_shape)
+        self.n_outputs: int = self._m.n_outputs
+        self.meta: dict[str, Any] = _parse_meta(self._m.meta, path)
+        self.labels: list[str] | None = self.meta.get("labels")
+        self.ops = [OpInfo(i, _OP_TYPES.get(t, str(t)), name, a, b, o, (h, w, c), dt == BITS)
+                    for i, (t, name, a, b, o, (h, w, c, dt)) in enumerate(self._m.ops())]
+
+    def __repr__(self) -> str:
+        return (f"Engine({self.path or '<bytes>'}, isa={self.isa!r}, features={self.feature_shape}, "
+                f"outputs={self.n_outputs}, ops={len(self.ops)})")
+
+    def _features(self, features: np.ndarray, *, batched: bool) -> np.ndarray:
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        want = self.feature_shape
+        ok = x.shape[1:] == want if batched else x.shape == want
+        if not ok:
+            shape = f"[batch, {', '.join(map(str, want))}]" if batched else str(want)
+            raise DataError(f"the engine model takes features of shape {shape}, got {tuple(x.shape)}; "
+                            f"use the front end of the recipe the model was exported from")
+        return x
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Logits for a batch of front-end features.
+
+        Parameters
+        ----------
+        features : ndarray [shape=(batch, *feature_shape)], float32 (other dtypes are converted)
+
+        Returns
+        -------
+        ndarray [shape=(batch, n_outputs), dtype=float32]
+        """
+        x = self._features(features, batched=True)
+        out = np.empty((x.shape[0], self.n_outputs), dtype=np.float32)
+        self._m.predict(x, out)
+        return out
+
+    def trace(self, features: np.ndarray) -> list[tuple[OpInfo, np.ndarray]]:
+        """Every op's output for one example: floats ``[h, w, c]`` or, for bits, ±1 int8 ``[h, w, c]``."""
+        from bitsound.export.packed import unpack_bits
+
+        x = self._features(features, batched=False)
+        out = []
+        for info, raw in zip(self.ops, self._m.trace(x), strict=True):
+            h, w, c = info.shape
+            if info.bits:
+                words = np.frombuffer(raw, dtype="<u8").reshape(h, w, (c + 63) // 64)
+                out.append((info, unpack_bits(words, c)))
+            else:
+                out.append((info, np.frombuffer(raw, dtype="<f4").reshape(h, w, c).copy()))
+        return out
+
+    def time_op(self, features: np.ndarray, index: int, *, repeats: int = 10) -> list[float]:
+        """Seconds of each of ``repeats`` runs of op ``index`` (after one full run up to it)."""
+        x = self._features(features, batched=False)
+        return list(self._m.time_op(x, int(index), int(repeats)))
+
+    @property
+    def arena_bytes(self) -> int:
+        """Working memory of one inference, bytes."""
+        return self._m.arena_bytes
+
+
+def loads(data: bytes, *, isa: str = "auto") -> Engine:
+    """Load a model from bytes (see :func:`load`)."""
+    return Engine(bytes(data), isa=isa)
+
+
+def load(path: str | Path, *, isa: str = "auto") -> Engine:
+    """Load and validate a ``.bsnn`` model file.
+
+    Parameters
+    ----------
+    path : str or Path
+    isa : {"auto", "avx512", "avx2", "scalar", "reference"}
+        Kernel path; ``"auto"`` picks the fastest this CPU supports.
+
+    Raises
+    ------
+    EngineFileError
+        Malformed, truncated or corrupt file (with the engine's code and message).
+    ConfigError
+        Unknown ``isa``; :class:`EngineFileError` with code 9 for one this CPU lacks.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise EngineFileError(1, "io_error", f"cannot read the model file: {err.strerror}", str(p)) from None
+    return Engine(data, isa=isa, path=str(p))
+
+
+__all__ = ["Engine", "EngineFileError", "OpInfo", "auto_isa", "available_isas", "load", "loads"]

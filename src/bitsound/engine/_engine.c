@@ -1,0 +1,413 @@
+/* _engine.c: CPython binding of the bsnn engine (C API + buffer protocol; no numpy headers).
+ *
+ *   Model(data: bytes-like, isa: str = "auto")      load + validate; FormatError on a bad file
+ *   Model.predict(x, out)                           x float32 [batch * input numel], out float32
+ *                                                   [batch * n_outputs], both C-contiguous
+ *   Model.trace(x) -> list[bytes]                   each op's output for one example
+ *   Model.time_op(x, index, repeats) -> list[float] seconds of each run of op `index`
+ *   Model.ops() -> list[tuple]                      (type, name, in0, in1, out, (h, w, c, dtype))
+ *   available_isas(), auto_isa(), peak(method, seconds), status_names()
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bsnn.h"
+
+static PyObject *FormatError;
+
+typedef struct {
+    PyObject_HEAD
+    bs_model *m;
+    const bs_kernels *k;
+} ModelObject;
+
+static void Model_dealloc(ModelObject *self) {
+    bs_model_free(self->m);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void raise_status(int code, const char *msg) {
+    PyObject *args = Py_BuildValue("(iss)", code, bs_status_name(code), msg);
+    if (args) {
+        PyErr_SetObject(FormatError, args);
+        Py_DECREF(args);
+    }
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"data", "isa", NULL};
+    Py_buffer buf;
+    const char *isa = "auto";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|s", kwlist, &buf, &isa)) return -1;
+    int st;
+    const bs_kernels *k = bs_kernels_get(isa, &st);
+    if (!k) {
+        PyBuffer_Release(&buf);
+        char msg[200];
+        snprintf(msg, sizeof msg, "instruction set '%s' is %s on this machine", isa,
+                 st == BS_ERR_ISA ? "not available" : "unknown");
+        raise_status(st, msg);
+        return -1;
+    }
+    char msg[512];
+    bs_model *m = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = bs_model_load((const uint8_t *)buf.buf, (size_t)buf.len, &m, msg, sizeof msg);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (st != BS_OK) {
+        raise_status(st, msg);
+        return -1;
+    }
+    bs_model_free(self->m);
+    self->m = m;
+    self->k = k;
+    return 0;
+}
+
+static int ready(ModelObject *self) {
+    if (!self->m) {
+        PyErr_SetString(PyExc_RuntimeError, "model not loaded");
+        return 0;
+    }
+    return 1;
+}
+
+static size_t in_numel(const bs_model *m) { return (size_t)m->in_c * m->in_h * m->in_w; }
+
+static int get_f32(PyObject *obj, Py_buffer *b, int writable, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, b, flags) < 0) return 0;
+    if (b->itemsize != 4 || !b->format || strcmp(b->format, "f") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float32 buffer, got format '%s'", what,
+                     b->format ? b->format : "?");
+        PyBuffer_Release(b);
+        return 0;
+    }
+    return 1;
+}
+
+static void *arena_alloc(const bs_model *m) {
+    void *p = NULL;
+    size_t n = bs_model_arena_bytes(m);
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+    return p;
+}
+
+static PyObject *Model_predict(ModelObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    if (!ready(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
+    Py_buffer xb, ob;
+    if (!get_f32(xo, &xb, 0, "features")) return NULL;
+    if (!get_f32(oo, &ob, 1, "out")) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    const bs_model *m = self->m;
+    size_t ni = in_numel(m), no = (size_t)m->n_out;
+    size_t nx = (size_t)xb.len / 4, batch = nx / ni;
+    if (nx % ni != 0 || (size_t)ob.len / 4 != batch * no) {
+        PyErr_Format(PyExc_ValueError, "features hold %zu floats (need a multiple of %zu) and out %zd floats "
+                     "(need %zu per example)", nx, ni, ob.len / 4, no);
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    void *arena = arena_alloc(m);
+    if (!arena) {
+        PyBuffer_Release(&xb);
+        PyBuffer_Release(&ob);
+        return PyErr_NoMemory();
+    }
+    const float *x = xb.buf;
+    float *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0; i < batch; i++) {
+        bs_model_run(m, self->k, x + i * ni, arena, m->n_ops);
+        memcpy(out + i * no, bs_model_output(m, arena), no * sizeof(float));
+    }
+    Py_END_ALLOW_THREADS
+    free(arena);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_trace(ModelObject *self, PyObject *args) {
+    PyObject *xo;
+    if (!ready(self) || !PyArg_ParseTuple(args, "O", &xo)) return NULL;
+    Py_buffer xb;
+    if (!get_f32(xo, &xb, 0, "features")) return NULL;
+    const bs_model *m = self->m;
+    if ((size_t)xb.len / 4 != in_numel(m)) {
+        PyErr_Format(PyExc_ValueError, "trace takes one example of %zu floats, got %zd", in_numel(m), xb.len / 4);
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    void *arena = arena_alloc(m);
+    PyObject *list = arena ? PyList_New(m->n_ops) : NULL;
+    if (!list) {
+        free(arena);
+        PyBuffer_Release(&xb);
+        return arena ? NULL : PyErr_NoMemory();
+    }
+    for (int i = 0; i < m->n_ops; i++) {
+        const bs_op *op = &m->ops[i];
+        if (i == 0)
+            bs_model_run(m, self->k, xb.buf, arena, 1);
+        else
+            bs_run_op(m, self->k, i, arena);
+        PyObject *b = PyBytes_FromStringAndSize((const char *)arena + m->slot_off[op->out],
+                                                (Py_ssize_t)bs_shape_bytes(op->so));
+        if (!b) {
+            Py_DECREF(list);
+            list = NULL;
+            break;
+        }
+        PyList_SET_ITEM(list, i, b);
+    }
+    free(arena);
+    PyBuffer_Release(&xb);
+    return list;
+}
+
+static PyObject *Model_time_op(ModelObject *self, PyObject *args) {
+    PyObject *xo;
+    int index, repeats;
+    if (!ready(self) || !PyArg_ParseTuple(args, "Oii", &xo, &index, &repeats)) return NULL;
+    const bs_model *m = self->m;
+    if (index < 0 || index >= m->n_ops || repeats < 1) {
+        PyErr_Format(PyExc_ValueError, "op index %d outside [0, %d) or repeats %d < 1", index, m->n_ops, repeats);
+        return NULL;
+    }
+    Py_buffer xb;
+    if (!get_f32(xo, &xb, 0, "features")) return NULL;
+    if ((size_t)xb.len / 4 != in_numel(m)) {
+        PyErr_Format(PyExc_ValueError, "time_op takes one example of %zu floats", in_numel(m));
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    void *arena = arena_alloc(m);
+    double *t = malloc(sizeof(double) * (size_t)repeats);
+    if (!arena || !t) {
+        free(arena);
+        free(t);
+        PyBuffer_Release(&xb);
+        return PyErr_NoMemory();
+    }
+    const float *x = xb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    bs_model_run(m, self->k, x, arena, index + 1);
+    for (int r = 0; r < repeats; r++) {
+        double t0 = bs_now();
+        if (m->ops[index].type == BS_OP_INPUT)
+            bs_model_run(m, self->k, x, arena, 1);
+        else
+            bs_run_op(m, self->k, index, arena);
+        t[r] = bs_now() - t0;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *list = PyList_New(repeats);
+    for (int r = 0; list && r < repeats; r++) PyList_SET_ITEM(list, r, PyFloat_FromDouble(t[r]));
+    free(arena);
+    free(t);
+    PyBuffer_Release(&xb);
+    return list;
+}
+
+static PyObject *Model_ops(ModelObject *self, PyObject *unused) {
+    (void)unused;
+    if (!ready(self)) return NULL;
+    const bs_model *m = self->m;
+    PyObject *list = PyList_New(m->n_ops);
+    if (!list) return NULL;
+    for (int i = 0; i < m->n_ops; i++) {
+        const bs_op *op = &m->ops[i];
+        PyObject *t = Py_BuildValue("(isiii(iiii))", op->type, op->name, op->in0, op->in1, op->out, op->so.h,
+                                    op->so.w, op->so.c, op->so.dtype);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static PyObject *Model_get_isa(ModelObject *self, void *c) {
+    (void)c;
+    return PyUnicode_FromString(self->k ? self->k->name : "");
+}
+
+static PyObject *Model_get_meta(ModelObject *self, void *c) {
+    (void)c;
+    if (!ready(self)) return NULL;
+    if (!self->m->meta) Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(self->m->meta, (Py_ssize_t)self->m->meta_len, "replace");
+}
+
+static PyObject *Model_get_input(ModelObject *self, void *c) {
+    (void)c;
+    if (!ready(self)) return NULL;
+    const bs_model *m = self->m;
+    if (m->in_rank == 1) return Py_BuildValue("(ii)", m->in_c, m->in_w);
+    return Py_BuildValue("(iii)", m->in_c, m->in_h, m->in_w);
+}
+
+static PyObject *Model_get_nout(ModelObject *self, void *c) {
+    (void)c;
+    if (!ready(self)) return NULL;
+    return PyLong_FromLong(self->m->n_out);
+}
+
+static PyObject *Model_get_version(ModelObject *self, void *c) {
+    (void)c;
+    if (!ready(self)) return NULL;
+    return Py_BuildValue("(ii)", self->m->version_major, self->m->version_minor);
+}
+
+static PyObject *Model_get_arena(ModelObject *self, void *c) {
+    (void)c;
+    if (!ready(self)) return NULL;
+    return PyLong_FromSize_t(bs_model_arena_bytes(self->m));
+}
+
+static PyMethodDef Model_methods[] = {
+    {"predict", (PyCFunction)Model_predict, METH_VARARGS, "predict(x, out): run every example of x into out"},
+    {"trace", (PyCFunction)Model_trace, METH_VARARGS, "trace(x) -> list of each op's output bytes"},
+    {"time_op", (PyCFunction)Model_time_op, METH_VARARGS, "time_op(x, index, repeats) -> seconds per run"},
+    {"ops", (PyCFunction)Model_ops, METH_NOARGS, "ops() -> list of (type, name, in0, in1, out, shape)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Model_getset[] = {
+    {"isa", (getter)Model_get_isa, NULL, "instruction set in use", NULL},
+    {"meta", (getter)Model_get_meta, NULL, "metadata JSON text or None", NULL},
+    {"input_shape", (getter)Model_get_input, NULL, "feature shape of one example", NULL},
+    {"n_outputs", (getter)Model_get_nout, NULL, "logits per example", NULL},
+    {"version", (getter)Model_get_version, NULL, "format version of the file", NULL},
+    {"arena_bytes", (getter)Model_get_arena, NULL, "working memory of one run", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bitsound.engine._engine.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A loaded, validated bsnn model.",
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+    .tp_init = (initproc)Model_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static const char *ALL_ISAS[] = {"reference", "scalar", "avx2", "avx512", NULL};
+
+static PyObject *py_available_isas(PyObject *mod, PyObject *unused) {
+    (void)mod;
+    (void)unused;
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && ALL_ISAS[i]; i++)
+        if (bs_isa_available(ALL_ISAS[i])) {
+            PyObject *s = PyUnicode_FromString(ALL_ISAS[i]);
+            if (!s || PyList_Append(list, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(list);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    return list;
+}
+
+static PyObject *py_isa_available(PyObject *mod, PyObject *args) {
+    (void)mod;
+    const char *isa;
+    if (!PyArg_ParseTuple(args, "s", &isa)) return NULL;
+    return PyBool_FromLong(bs_isa_available(isa));
+}
+
+static PyObject *py_auto_isa(PyObject *mod, PyObject *unused) {
+    (void)mod;
+    (void)unused;
+    return PyUnicode_FromString(bs_isa_auto());
+}
+
+static PyObject *py_peak(PyObject *mod, PyObject *args) {
+    (void)mod;
+    const char *method;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "sd", &method, &seconds)) return NULL;
+    if (seconds < 0 || seconds > 60) {
+        PyErr_SetString(PyExc_ValueError, "seconds must be in [0, 60]");
+        return NULL;
+    }
+    double r = -1;
+    Py_BEGIN_ALLOW_THREADS
+    if (!strcmp(method, "scalar")) r = bs_peak_scalar(seconds);
+#ifdef BS_X86
+    else if (!strcmp(method, "popcnt") && __builtin_cpu_supports("popcnt")) r = bs_peak_popcnt(seconds);
+    else if (!strcmp(method, "avx2-lut") && bs_isa_available("avx2")) r = bs_peak_avx2_lut(seconds);
+    else if (!strcmp(method, "avx2-harley-seal") && bs_isa_available("avx2")) r = bs_peak_avx2_hs(seconds);
+    else if (!strcmp(method, "avx512") && bs_isa_available("avx512")) r = bs_peak_avx512(seconds);
+#endif
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "peak method '%s' is unknown or not available on this CPU", method);
+        return NULL;
+    }
+    return PyFloat_FromDouble(r);
+}
+
+static PyObject *py_status_names(PyObject *mod, PyObject *unused) {
+    (void)mod;
+    (void)unused;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i <= BS_ERR_UNSUPPORTED; i++) {
+        PyObject *k = PyLong_FromLong(i), *v = PyUnicode_FromString(bs_status_name(i));
+        if (!k || !v || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyMethodDef module_methods[] = {
+    {"available_isas", py_available_isas, METH_NOARGS, "instruction sets this CPU can run"},
+    {"auto_isa", py_auto_isa, METH_NOARGS, "the instruction set 'auto' picks"},
+    {"isa_available", py_isa_available, METH_VARARGS, "isa_available(name): also the test-only variants"},
+    {"peak", py_peak, METH_VARARGS, "peak(method, seconds) -> xor+popcount bit operations per second"},
+    {"status_names", py_status_names, METH_NOARGS, "status code -> name"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_engine", "bsnn engine binding", -1,
+                                       module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__engine(void) {
+    if (PyType_Ready(&ModelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    FormatError = PyErr_NewException("bitsound.engine._engine.FormatError", PyExc_ValueError, NULL);
+    if (!FormatError || PyModule_AddObject(m, "FormatError", FormatError) < 0) {
+        Py_XDECREF(FormatError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(FormatError);
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "FORMAT_MAJOR", BSNN_VERSION_MAJOR);
+    PyModule_AddIntConstant(m, "FORMAT_MINOR", BSNN_VERSION_MINOR);
+    return m;
+}

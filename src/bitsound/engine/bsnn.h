@@ -1,0 +1,214 @@
+/* bsnn: the bit-packed binary network engine of bitsound (portable C99 + optional intrinsics).
+ *
+ * A model file (.bsnn, written by bitsound.export.packed) is a list of op records over numbered
+ * tensor slots. The loader (format.c) treats the file as untrusted: every count, size, slot id
+ * and parameter is checked before use, and a malformed file gives a status code and a message.
+ *
+ * Tensor layouts (one example at a time; the batch loop is outside):
+ *   float  : [h][w][c] float32, channels last (a 1-D signal [c][t] is h = 1, w = t)
+ *   bits   : [h][w][nw] uint64, nw = ceil(c / 64); channel j of a pixel is bit (j % 64) of word
+ *            (j / 64), least significant bit first; bit 0 means +1, bit 1 means -1; the unused
+ *            high bits of the last word are always 0.
+ *
+ * Binary convolution semantics (bitsound.nn.layers): zero padding is applied after binarizing,
+ * so a padded position contributes 0 and, with n_valid the number of (channel, tap) pairs inside
+ * the input, dot = n_valid - 2 * popcount(x xor w) over the valid pairs.
+ */
+#ifndef BSNN_H
+#define BSNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BSNN_MAGIC "BSNN\r\n\x1a\n"
+#define BSNN_MAGIC_LEN 8
+#define BSNN_VERSION_MAJOR 1
+#define BSNN_VERSION_MINOR 0
+#define BSNN_HEADER_BYTES 40
+
+/* limits that keep a hostile file from asking for absurd work or memory */
+#define BS_MAX_DIM 65536           /* h, w, c, kernel, stride, padding, dilation */
+#define BS_MAX_ELEMS (1u << 26)    /* elements of one activation tensor */
+#define BS_MAX_ARENA ((size_t)1 << 30)
+#define BS_MAX_RECORDS 100000
+#define BS_MAX_SLOTS 100000
+#define BS_NAME_MAX 255
+
+typedef enum {
+    BS_OK = 0,
+    BS_ERR_ARG = 1,         /* bad argument from the caller (not from the file) */
+    BS_ERR_TRUNCATED = 2,   /* the file ends before its structure does */
+    BS_ERR_MAGIC = 3,       /* not a bsnn file */
+    BS_ERR_VERSION = 4,     /* a format version this engine does not read */
+    BS_ERR_CRC = 5,         /* checksum mismatch: the file is corrupt */
+    BS_ERR_RANGE = 6,       /* a size, count, offset or parameter is out of range */
+    BS_ERR_GRAPH = 7,       /* inconsistent graph: undefined slot, shape or type mismatch */
+    BS_ERR_NOMEM = 8,       /* out of memory */
+    BS_ERR_ISA = 9,         /* the requested instruction set is not available */
+    BS_ERR_UNSUPPORTED = 10 /* unknown op type, mode or flag */
+} bs_status;
+
+const char *bs_status_name(int status);
+
+enum { BS_F32 = 1, BS_BITS = 2 };
+
+typedef struct {
+    int32_t h, w, c, dtype;
+} bs_shape;
+
+enum {
+    BS_OP_INPUT = 1,        /* features [c][h][w] (rank 2) or [c][t] (rank 1) -> float hwc */
+    BS_OP_FEATURE_NORM = 2, /* bitsound.models.cnn.FeatureNorm */
+    BS_OP_AFFINE = 3,       /* y = x * scale[c] + bias[c] (batch-norm, 2x-1 input map) */
+    BS_OP_ACT = 4,          /* relu | tanh */
+    BS_OP_CONV2D = 5,       /* float convolution */
+    BS_OP_PACK = 6,         /* float -> bits, sign with sign(0) = +1 */
+    BS_OP_BCONV2D = 7,      /* binary convolution (and binary dense: kernel = whole input) */
+    BS_OP_MAXPOOL = 8,      /* float max-pool, or on bits an AND (max of +-1 values) */
+    BS_OP_GAP = 9,          /* global average pool -> [1][1][c] */
+    BS_OP_LINEAR = 10,      /* float dense over the hwc-flattened input -> [1][1][n] */
+    BS_OP_ADD = 11,         /* y = a + shortcut(b) */
+    BS_OP_OUTPUT = 12       /* marks the logits slot; the last record */
+};
+#define BS_REC_META 100     /* UTF-8 JSON metadata (labels, feature shape, source) */
+
+enum { BS_NORM_NONE = 0, BS_NORM_BAND = 1, BS_NORM_EXAMPLE = 2 };
+enum { BS_ACT_RELU = 1, BS_ACT_TANH = 2 };
+enum { BS_BOUT_DOT = 0, BS_BOUT_FLOAT = 1, BS_BOUT_BITS = 2 };
+enum { BS_ADD_IDENTITY = 0, BS_ADD_PAD = 1, BS_ADD_GROUP_MEAN = 2 };
+
+typedef struct {
+    int32_t kh, kw, sh, sw, pt, pl, pb, pr, dh, dw;
+} bs_geom;
+
+/* bit-serial form of a binary conv's weights (kernels_avx2.c): for each output channel the
+ * positions of the smaller of its sets of 0 bits and 1 bits, so that popcount(x xor w) =
+ * n1 + X - 2 C1 or n1 - X + 2 C0, with X = popcount(x) and C the sum of x over the listed bits */
+typedef struct {
+    uint32_t *start;   /* [cout + 1] offsets into idx */
+    uint16_t *idx;     /* listed bit positions, ascending */
+    uint8_t *sel;      /* 1: the listed positions hold w = 1; 0: w = 0 */
+    int32_t *n1;       /* popcount of each weight row */
+    int32_t nplanes;   /* bit planes a count needs (>= 4) */
+} bs_bitserial;
+
+#define BS_PIXEL_BLOCK 256          /* output pixels gathered per kernel call */
+#define BS_BITSERIAL_MIN_BITS 128   /* smaller kernels stay on the word-parallel path */
+#define BS_BITSERIAL_MIN_PIXELS 128
+#define BS_MAX_PLAN_ENTRIES ((size_t)1 << 27) /* 256 MB of uint16 positions */
+
+typedef struct {
+    int32_t type;
+    int32_t in0, in1, out;
+    bs_shape s0, s1, so;   /* shapes of in0, in1 (if any) and out, fixed at load */
+    char name[BS_NAME_MAX + 1];
+    bs_geom g;
+    int32_t mode;          /* norm mode, act kind, bconv output mode, add mode, pool ceil */
+    int32_t cin, cout;
+    int32_t has_floor;
+    float floor_off, eps;
+    float *wf;             /* float weights: conv [kh][kw][cin][cout], linear [n][nin] */
+    float *bias;           /* conv / linear bias, affine bias, bconv float bias */
+    float *scale;          /* affine scale, bconv float scale */
+    uint64_t *wbits;       /* bconv weights [cout][kwords], kwords = K words padded to 4 */
+    int32_t kwords;        /* padded words per output channel (multiple of 4) */
+    int32_t nwi;           /* words per input pixel */
+    int32_t *thr;          /* bconv bits output: +1 iff (flip ? -dot : dot) >= thr */
+    uint8_t *flip;
+    int32_t *fsign;        /* 1 - 2 * flip */
+    int32_t *wpop;         /* bconv [kh*kw][cout]: popcount of the weights of each tap */
+    bs_bitserial *bser;    /* bconv: bit-serial plan, or NULL */
+} bs_op;
+
+typedef struct bs_kernels bs_kernels;
+
+typedef struct {
+    int n_ops;
+    bs_op *ops;
+    int n_slots;
+    size_t *slot_off;      /* byte offset of each slot in the arena */
+    size_t *slot_bytes;
+    size_t scratch_off, scratch_bytes, arena_bytes;
+    int32_t in_rank, in_c, in_h, in_w;
+    int input_slot, output_slot;
+    int32_t n_out;
+    char *meta;
+    size_t meta_len;
+    uint16_t version_major, version_minor;
+} bs_model;
+
+/* ---- loading (format.c) ---- */
+/* Parse and validate a model held in memory. On error returns a status, *out is NULL and msg
+ * (msg_len bytes, may be NULL) holds a message naming the record and the problem. */
+int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, size_t msg_len);
+void bs_model_free(bs_model *m);
+uint32_t bs_crc32(const uint8_t *data, size_t len);
+
+/* ---- running (model.c) ---- */
+size_t bs_model_arena_bytes(const bs_model *m);
+/* Run ops [0, stop) on one example; x is the input [c][h][w] float32; arena has
+ * bs_model_arena_bytes() bytes, 64-byte aligned. stop = n_ops runs everything. */
+void bs_model_run(const bs_model *m, const bs_kernels *k, const float *x, void *arena, int stop);
+void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena);
+/* the logits after a full run */
+const float *bs_model_output(const bs_model *m, const void *arena);
+size_t bs_shape_bytes(bs_shape s);
+size_t bs_bconv_scratch_bytes(const bs_op *op);
+size_t bs_bitserial_work_bytes(const bs_op *op);
+int bs_bitserial_build(bs_op *op);
+
+/* ---- kernels (one table per instruction set; dispatch.c) ---- */
+struct bs_kernels {
+    const char *name;
+    /* pop[p * cout + o] = popcount(patch_p xor w_o) over kwords words (kwords % 4 == 0);
+     * patches [n][kwords], w [cout][kwords], both zero-padded */
+    void (*xor_popcount)(const uint64_t *patches, int n, const uint64_t *w, int cout, int kwords,
+                         int32_t *pop);
+    /* bits[p][nw] = sign bits of x[p][c] for npix pixels */
+    void (*pack)(const float *x, size_t npix, int c, uint64_t *bits);
+    /* threshold output stage of one pixel: bit o = -1 iff fsign[o] * (nvalid - 2 pop[o]) < thr[o] */
+    void (*bits_out)(const int32_t *pop, int cout, int32_t nvalid, const int32_t *thr, const int32_t *fsign,
+                     uint64_t *dst);
+    /* 1 = use the plain reference of every binary op instead of the fast structure */
+    int reference;
+    /* optional: the same popcounts from the bit-serial plan (op->bser) for n >= 128 pixels;
+     * work has bs_bitserial_work_bytes(op) bytes, 64-byte aligned */
+    void (*bitserial)(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work);
+};
+
+const bs_kernels *bs_kernels_get(const char *isa, int *status);
+int bs_isa_available(const char *isa);
+const char *bs_isa_auto(void);
+
+/* per-instruction-set pieces (kernels_*.c) */
+void bs_xor_popcount_scalar(const uint64_t *, int, const uint64_t *, int, int, int32_t *);
+void bs_pack_scalar(const float *, size_t, int, uint64_t *);
+void bs_bits_out_scalar(const int32_t *, int, int32_t, const int32_t *, const int32_t *, uint64_t *);
+void bs_bitserial_scalar(const uint64_t *, int, const bs_op *, int32_t *, void *);
+void bs_transpose_patches(const uint64_t *patches, int n, int kwords, uint64_t *xt);
+void bs_pack_ref(const float *, size_t, int, uint64_t *);
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define BS_X86 1
+void bs_xor_popcount_avx2(const uint64_t *, int, const uint64_t *, int, int, int32_t *);
+void bs_bitserial_avx2(const uint64_t *, int, const bs_op *, int32_t *, void *);
+void bs_bitserial_avx512(const uint64_t *, int, const bs_op *, int32_t *, void *);
+void bs_bitserial_avx512emu(const uint64_t *, int, const bs_op *, int32_t *, void *);
+void bs_pack_avx2(const float *, size_t, int, uint64_t *);
+void bs_bits_out_avx2(const int32_t *, int, int32_t, const int32_t *, const int32_t *, uint64_t *);
+void bs_xor_popcount_avx512(const uint64_t *, int, const uint64_t *, int, int, int32_t *);
+double bs_peak_avx2_lut(double seconds);
+double bs_peak_avx2_hs(double seconds);
+double bs_peak_popcnt(double seconds);
+void bs_xor_popcount_avx512emu(const uint64_t *, int, const uint64_t *, int, int, int32_t *);
+double bs_peak_avx512(double seconds);
+#endif
+double bs_peak_scalar(double seconds);
+
+/* plain reference ops (kernels_ref.c): the slow obvious twins the fast paths are tested against */
+void bs_ref_bconv2d(const bs_op *op, const uint64_t *in, void *out);
+void bs_ref_maxpool_bits(const bs_op *op, const uint64_t *in, uint64_t *out);
+
+/* timing (model.c) */
+double bs_now(void);
+
+#endif

@@ -1,0 +1,780 @@
+/* format.c: reader of the .bsnn packed model format; every field is validated before use.
+ *
+ * File layout (all integers little-endian, floats IEEE-754 binary32 little-endian):
+ *
+ *   header (40 bytes)
+ *     0  magic      8 bytes  "BSNN\r\n\x1a\n"
+ *     8  u16 major, u16 minor   format version (this reader: major 1, any minor)
+ *     12 u32 flags              must be 0 (no optional features defined yet)
+ *     16 u32 header_bytes       40
+ *     20 u32 n_records
+ *     24 u32 n_slots            tensor slots the ops read and write
+ *     28 u32 reserved           0
+ *     32 u64 file_bytes         total size, CRC included
+ *   n_records records, each
+ *     u32 type, u32 record_bytes (8-byte record header included, a multiple of 4), body
+ *   trailer
+ *     u32 crc32 (zlib polynomial) of every byte before it
+ *
+ * Op record body: i32 in0, i32 in1, i32 out, u32 name_len, name (padded with zeros to a multiple
+ * of 4), then the op's parameters and arrays (see bitsound/export/packed.py, which writes them,
+ * and parse_op() below). A record must be consumed exactly.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bsnn.h"
+
+const char *bs_status_name(int s) {
+    switch (s) {
+    case BS_OK: return "ok";
+    case BS_ERR_ARG: return "bad_argument";
+    case BS_ERR_TRUNCATED: return "truncated";
+    case BS_ERR_MAGIC: return "bad_magic";
+    case BS_ERR_VERSION: return "bad_version";
+    case BS_ERR_CRC: return "bad_checksum";
+    case BS_ERR_RANGE: return "out_of_range";
+    case BS_ERR_GRAPH: return "bad_graph";
+    case BS_ERR_NOMEM: return "out_of_memory";
+    case BS_ERR_ISA: return "isa_unavailable";
+    case BS_ERR_UNSUPPORTED: return "unsupported";
+    default: return "unknown";
+    }
+}
+
+/* ---- CRC-32 (IEEE 802.3 / zlib) ---- */
+static uint32_t crc_table[256];
+static int crc_ready = 0;
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+    crc_ready = 1;
+}
+
+uint32_t bs_crc32(const uint8_t *data, size_t len) {
+    if (!crc_ready) crc_init();
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < len; i++) c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* ---- bounded little-endian reader ---- */
+typedef struct {
+    const uint8_t *p;
+    size_t pos, end;
+    int err;
+    char *msg;
+    size_t msg_len;
+    int rec;          /* record index for messages, -1 = header */
+    const char *what; /* op name for messages */
+} rd_t;
+
+static int fail(rd_t *r, int code, const char *fmt, ...) {
+    if (r->err) return r->err; /* keep the first message */
+    r->err = code;
+    if (r->msg && r->msg_len) {
+        char body[400];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(body, sizeof body, fmt, ap);
+        va_end(ap);
+        if (r->rec < 0)
+            snprintf(r->msg, r->msg_len, "%s", body);
+        else
+            snprintf(r->msg, r->msg_len, "record %d (%s): %s", r->rec, r->what ? r->what : "?", body);
+    }
+    return code;
+}
+
+static int need(rd_t *r, size_t n) {
+    if (r->err) return 0;
+    if (n > r->end - r->pos) {
+        fail(r, BS_ERR_TRUNCATED, "needs %zu more bytes at offset %zu but only %zu remain", n, r->pos,
+             r->end - r->pos);
+        return 0;
+    }
+    return 1;
+}
+
+static uint32_t rd_u32(rd_t *r) {
+    if (!need(r, 4)) return 0;
+    const uint8_t *b = r->p + r->pos;
+    r->pos += 4;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static int32_t rd_i32(rd_t *r) {
+    uint32_t u = rd_u32(r);
+    int32_t v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+static float rd_f32(rd_t *r) {
+    uint32_t u = rd_u32(r);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint64_t rd_u64_at(const uint8_t *b) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | b[i];
+    return v;
+}
+
+/* checked a * b <= limit */
+static int mul_ok(size_t a, size_t b, size_t limit, size_t *out) {
+    if (a != 0 && b > limit / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static void *xalloc(rd_t *r, size_t n) {
+    if (r->err) return NULL;
+    void *p = NULL;
+    size_t bytes = n ? n : 1;
+    bytes = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, bytes) != 0) p = NULL;
+    if (!p) {
+        fail(r, BS_ERR_NOMEM, "cannot allocate %zu bytes", n);
+        return NULL;
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+static float *rd_f32_array(rd_t *r, size_t n, int finite, const char *what) {
+    size_t bytes;
+    if (!mul_ok(n, 4, SIZE_MAX, &bytes) || !need(r, bytes)) return NULL;
+    float *a = xalloc(r, n * sizeof(float));
+    if (!a) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        a[i] = rd_f32(r);
+        if (finite && !isfinite(a[i])) {
+            fail(r, BS_ERR_RANGE, "%s[%zu] is not finite", what, i);
+            free(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+static int32_t *rd_i32_array(rd_t *r, size_t n) {
+    size_t bytes;
+    if (!mul_ok(n, 4, SIZE_MAX, &bytes) || !need(r, bytes)) return NULL;
+    int32_t *a = xalloc(r, n * sizeof(int32_t));
+    if (!a) return NULL;
+    for (size_t i = 0; i < n; i++) a[i] = rd_i32(r);
+    return a;
+}
+
+static int check_dim(rd_t *r, const char *name, int32_t v, int32_t lo) {
+    if (r->err) return 0;
+    if (v < lo || v > BS_MAX_DIM) {
+        fail(r, BS_ERR_RANGE, "%s = %d is outside [%d, %d]", name, v, lo, BS_MAX_DIM);
+        return 0;
+    }
+    return 1;
+}
+
+static int shape_ok(rd_t *r, bs_shape s) {
+    size_t n;
+    if (!mul_ok((size_t)s.h, (size_t)s.w, BS_MAX_ELEMS, &n) || !mul_ok(n, (size_t)s.c, BS_MAX_ELEMS, &n)) {
+        fail(r, BS_ERR_RANGE, "output tensor %dx%dx%d has more than %u elements", s.h, s.w, s.c,
+             BS_MAX_ELEMS);
+        return 0;
+    }
+    return 1;
+}
+
+size_t bs_shape_bytes(bs_shape s) {
+    size_t px = (size_t)s.h * (size_t)s.w;
+    if (s.dtype == BS_BITS) return px * (size_t)((s.c + 63) / 64) * 8;
+    return px * (size_t)s.c * 4;
+}
+
+/* ---- graph state while parsing ---- */
+typedef struct {
+    bs_shape *shape; /* current shape of each slot; dtype 0 = undefined */
+    size_t *max_bytes;
+} graph_t;
+
+static int get_in(rd_t *r, graph_t *g, int n_slots, int32_t slot, bs_shape *s, int dtype, const char *which) {
+    if (r->err) return 0;
+    if (slot < 0 || slot >= n_slots) {
+        fail(r, BS_ERR_GRAPH, "%s slot %d is outside [0, %d)", which, slot, n_slots);
+        return 0;
+    }
+    if (g->shape[slot].dtype == 0) {
+        fail(r, BS_ERR_GRAPH, "%s slot %d is read before any op writes it", which, slot);
+        return 0;
+    }
+    if (dtype && g->shape[slot].dtype != dtype) {
+        fail(r, BS_ERR_GRAPH, "%s slot %d holds %s, this op needs %s", which, slot,
+             g->shape[slot].dtype == BS_BITS ? "bits" : "floats", dtype == BS_BITS ? "bits" : "floats");
+        return 0;
+    }
+    *s = g->shape[slot];
+    return 1;
+}
+
+static int conv_out(rd_t *r, int32_t in, int32_t k, int32_t s, int32_t p0, int32_t p1, int32_t d,
+                    int32_t *out, const char *axis) {
+    /* all values are <= BS_MAX_DIM, so int64 cannot overflow */
+    int64_t span = (int64_t)d * (k - 1) + 1;
+    int64_t padded = (int64_t)in + p0 + p1;
+    if (padded < span) {
+        fail(r, BS_ERR_GRAPH, "kernel extent %lld does not fit the padded %s size %lld", (long long)span,
+             axis, (long long)padded);
+        return 0;
+    }
+    int64_t o = (padded - span) / s + 1;
+    if (o < 1 || o > BS_MAX_DIM) {
+        fail(r, BS_ERR_RANGE, "output %s size %lld is out of range", axis, (long long)o);
+        return 0;
+    }
+    *out = (int32_t)o;
+    return 1;
+}
+
+static int rd_geom(rd_t *r, bs_geom *g) {
+    g->kh = rd_i32(r); g->kw = rd_i32(r); g->sh = rd_i32(r); g->sw = rd_i32(r);
+    g->pt = rd_i32(r); g->pl = rd_i32(r); g->pb = rd_i32(r); g->pr = rd_i32(r);
+    g->dh = rd_i32(r); g->dw = rd_i32(r);
+    return check_dim(r, "kernel height", g->kh, 1) && check_dim(r, "kernel width", g->kw, 1) &&
+           check_dim(r, "stride", g->sh, 1) && check_dim(r, "stride", g->sw, 1) &&
+           check_dim(r, "padding", g->pt, 0) && check_dim(r, "padding", g->pl, 0) &&
+           check_dim(r, "padding", g->pb, 0) && check_dim(r, "padding", g->pr, 0) &&
+           check_dim(r, "dilation", g->dh, 1) && check_dim(r, "dilation", g->dw, 1);
+}
+
+static const char *op_type_name(int32_t t) {
+    switch (t) {
+    case BS_OP_INPUT: return "input";
+    case BS_OP_FEATURE_NORM: return "feature_norm";
+    case BS_OP_AFFINE: return "affine";
+    case BS_OP_ACT: return "activation";
+    case BS_OP_CONV2D: return "conv2d";
+    case BS_OP_PACK: return "pack";
+    case BS_OP_BCONV2D: return "binary_conv2d";
+    case BS_OP_MAXPOOL: return "maxpool";
+    case BS_OP_GAP: return "global_avg_pool";
+    case BS_OP_LINEAR: return "linear";
+    case BS_OP_ADD: return "add";
+    case BS_OP_OUTPUT: return "output";
+    case BS_REC_META: return "meta";
+    default: return "unknown";
+    }
+}
+
+/* parse the body of an op record into op; the shapes of its inputs come from g */
+static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) {
+    int ns = m->n_slots;
+    op->type = type;
+    op->in0 = rd_i32(r);
+    op->in1 = rd_i32(r);
+    op->out = rd_i32(r);
+    uint32_t name_len = rd_u32(r);
+    if (r->err) return;
+    if (name_len > BS_NAME_MAX) {
+        fail(r, BS_ERR_RANGE, "name length %u exceeds %d", name_len, BS_NAME_MAX);
+        return;
+    }
+    size_t padded = ((size_t)name_len + 3) / 4 * 4;
+    if (!need(r, padded)) return;
+    memcpy(op->name, r->p + r->pos, name_len);
+    op->name[name_len] = 0;
+    for (size_t i = 0; i < name_len; i++)
+        if (op->name[i] < 32 || op->name[i] > 126) op->name[i] = '?';
+    r->pos += padded;
+    if (op->name[0]) r->what = op->name;
+
+    if (type != BS_OP_INPUT && !get_in(r, g, ns, op->in0, &op->s0, 0, "input")) return;
+    if (op->out < 0 || op->out >= ns) {
+        fail(r, BS_ERR_GRAPH, "output slot %d is outside [0, %d)", op->out, ns);
+        return;
+    }
+    if (type != BS_OP_OUTPUT && (op->out == op->in0 || op->out == op->in1)) {
+        fail(r, BS_ERR_GRAPH, "output slot %d is also an input slot", op->out);
+        return;
+    }
+    bs_shape so = {0, 0, 0, BS_F32};
+    const bs_shape si = op->s0;
+    size_t n;
+
+    switch (type) {
+    case BS_OP_INPUT: {
+        int32_t rank = rd_i32(r), c = rd_i32(r), h = rd_i32(r), w = rd_i32(r);
+        if (r->err) return;
+        if (rank != 1 && rank != 2) { fail(r, BS_ERR_RANGE, "input rank %d is not 1 or 2", rank); return; }
+        if (!check_dim(r, "input channels", c, 1) || !check_dim(r, "input height", h, 1) ||
+            !check_dim(r, "input width", w, 1))
+            return;
+        if (rank == 1 && h != 1) { fail(r, BS_ERR_RANGE, "a rank-1 input needs height 1, got %d", h); return; }
+        if (m->input_slot >= 0) { fail(r, BS_ERR_GRAPH, "a second input record"); return; }
+        m->in_rank = rank; m->in_c = c; m->in_h = h; m->in_w = w;
+        m->input_slot = op->out;
+        so = (bs_shape){h, w, c, BS_F32};
+        break;
+    }
+    case BS_OP_FEATURE_NORM:
+        op->mode = rd_i32(r);
+        op->has_floor = rd_i32(r);
+        op->floor_off = rd_f32(r);
+        op->eps = rd_f32(r);
+        if (r->err) return;
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "feature_norm needs floats"); return; }
+        if (op->mode < BS_NORM_NONE || op->mode > BS_NORM_EXAMPLE) { fail(r, BS_ERR_UNSUPPORTED, "norm mode %d", op->mode); return; }
+        if ((op->has_floor != 0 && op->has_floor != 1) || !isfinite(op->floor_off) || !isfinite(op->eps) ||
+            op->eps < 0) {
+            fail(r, BS_ERR_RANGE, "bad floor/eps parameters");
+            return;
+        }
+        so = si;
+        break;
+    case BS_OP_AFFINE: {
+        int32_t c = rd_i32(r);
+        if (r->err) return;
+        if (si.dtype != BS_F32 || c != si.c) { fail(r, BS_ERR_GRAPH, "affine over %d channels, input has %d floats", c, si.c); return; }
+        op->cin = op->cout = c;
+        op->scale = rd_f32_array(r, (size_t)c, 1, "scale");
+        op->bias = rd_f32_array(r, (size_t)c, 1, "bias");
+        so = si;
+        break;
+    }
+    case BS_OP_ACT:
+        op->mode = rd_i32(r);
+        if (r->err) return;
+        if (op->mode != BS_ACT_RELU && op->mode != BS_ACT_TANH) { fail(r, BS_ERR_UNSUPPORTED, "activation kind %d", op->mode); return; }
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "activation needs floats"); return; }
+        so = si;
+        break;
+    case BS_OP_CONV2D:
+    case BS_OP_BCONV2D: {
+        op->cin = rd_i32(r);
+        op->cout = rd_i32(r);
+        if (!check_dim(r, "in channels", op->cin, 1) || !check_dim(r, "out channels", op->cout, 1)) return;
+        if (!rd_geom(r, &op->g)) return;
+        op->mode = rd_i32(r); /* conv2d: has_bias; bconv2d: output mode */
+        if (r->err) return;
+        int want = type == BS_OP_CONV2D ? BS_F32 : BS_BITS;
+        if (si.dtype != want || si.c != op->cin) {
+            fail(r, BS_ERR_GRAPH, "input has %d %s channels, the op expects %d %s", si.c,
+                 si.dtype == BS_BITS ? "bit" : "float", op->cin, want == BS_BITS ? "bit" : "float");
+            return;
+        }
+        if (!conv_out(r, si.h, op->g.kh, op->g.sh, op->g.pt, op->g.pb, op->g.dh, &so.h, "height") ||
+            !conv_out(r, si.w, op->g.kw, op->g.sw, op->g.pl, op->g.pr, op->g.dw, &so.w, "width"))
+            return;
+        so.c = op->cout;
+        size_t taps = (size_t)op->g.kh * (size_t)op->g.kw;
+        if (taps > BS_MAX_ELEMS) { fail(r, BS_ERR_RANGE, "kernel of %zu taps", taps); return; }
+        if (type == BS_OP_CONV2D) {
+            if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", op->mode); return; }
+            if (!mul_ok(taps, (size_t)op->cin, SIZE_MAX / 64, &n) || !mul_ok(n, (size_t)op->cout, SIZE_MAX / 64, &n)) {
+                fail(r, BS_ERR_RANGE, "weight count overflows");
+                return;
+            }
+            float *w = rd_f32_array(r, n, 1, "weight");
+            if (op->mode) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+            if (r->err) { free(w); return; }
+            /* [cout][kh][kw][cin] in the file -> [kh][kw][cin][cout] for the engine */
+            op->wf = xalloc(r, n * sizeof(float));
+            if (op->wf) {
+                size_t inner = taps * (size_t)op->cin;
+                for (size_t o = 0; o < (size_t)op->cout; o++)
+                    for (size_t j = 0; j < inner; j++) op->wf[j * op->cout + o] = w[o * inner + j];
+            }
+            free(w);
+            so.dtype = BS_F32;
+        } else {
+            int nwi = (op->cin + 63) / 64;
+            size_t k, kbits, kw4;
+            /* the file stores nwi words per tap; the engine keeps each output channel's taps
+             * densely packed (tap t's channels at bits [t * cin, (t + 1) * cin)), padded with
+             * zeros to a multiple of 4 words */
+            if (!mul_ok(taps, (size_t)nwi, (size_t)1 << 24, &k)) { fail(r, BS_ERR_RANGE, "binary kernel of more than 2^30 bits"); return; }
+            kbits = taps * (size_t)op->cin;
+            kw4 = ((kbits + 63) / 64 + 3) / 4 * 4;
+            op->nwi = nwi;
+            op->kwords = (int32_t)kw4;
+            if (!mul_ok(k, (size_t)op->cout * 8, SIZE_MAX / 2, &n) || !need(r, n)) return;
+            if (!mul_ok(kw4, (size_t)op->cout, SIZE_MAX / 16, &n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return; }
+            op->wbits = xalloc(r, n * 8 + 64); /* + slack: vector loads never leave the buffer */
+            op->wpop = xalloc(r, taps * (size_t)op->cout * sizeof(int32_t));
+            if (r->err) return;
+            /* bits that must be zero in the last word of each tap */
+            uint64_t padmask = (op->cin % 64) ? ~(((uint64_t)1 << (op->cin % 64)) - 1) : 0;
+            for (int32_t o = 0; o < op->cout; o++) {
+                uint64_t *dst = op->wbits + (size_t)o * kw4;
+                for (size_t t = 0; t < taps; t++) {
+                    int32_t pc = 0;
+                    size_t bit = t * (size_t)op->cin;
+                    for (int j = 0; j < nwi; j++, bit += 64) {
+                        uint64_t v = rd_u64_at(r->p + r->pos);
+                        r->pos += 8;
+                        if (j == nwi - 1 && (v & padmask)) {
+                            fail(r, BS_ERR_RANGE, "weight bits of output channel %d, tap %zu set beyond the %d "
+                                 "input channels (padding bits must be 0)", o, t, op->cin);
+                            return;
+                        }
+                        dst[bit / 64] |= v << (bit % 64);
+                        if (bit % 64 && bit / 64 + 1 < kw4) dst[bit / 64 + 1] |= v >> (64 - bit % 64);
+                        pc += __builtin_popcountll(v);
+                    }
+                    op->wpop[t * (size_t)op->cout + o] = pc;
+                }
+            }
+            if (op->mode == BS_BOUT_FLOAT) {
+                op->scale = rd_f32_array(r, (size_t)op->cout, 1, "scale");
+                op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+                so.dtype = BS_F32;
+            } else if (op->mode == BS_BOUT_BITS) {
+                op->thr = rd_i32_array(r, (size_t)op->cout);
+                int32_t *fl = rd_i32_array(r, (size_t)op->cout);
+                if (r->err) { free(fl); return; }
+                op->flip = xalloc(r, (size_t)op->cout);
+                op->fsign = xalloc(r, (size_t)op->cout * sizeof(int32_t));
+                for (int32_t o = 0; o < op->cout && !r->err; o++) {
+                    if (fl[o] != 0 && fl[o] != 1) {
+                        fail(r, BS_ERR_RANGE, "flip[%d] = %d is not 0 or 1", o, fl[o]);
+                    } else {
+                        op->flip[o] = (uint8_t)fl[o];
+                        op->fsign[o] = 1 - 2 * fl[o];
+                    }
+                }
+                free(fl);
+                so.dtype = BS_BITS;
+            } else if (op->mode == BS_BOUT_DOT) {
+                so.dtype = BS_F32;
+            } else {
+                fail(r, BS_ERR_UNSUPPORTED, "binary conv output mode %d", op->mode);
+                return;
+            }
+        }
+        break;
+    }
+    case BS_OP_PACK: {
+        int32_t c = rd_i32(r);
+        if (r->err) return;
+        if (si.dtype != BS_F32 || c != si.c) { fail(r, BS_ERR_GRAPH, "pack of %d channels, input has %d floats", c, si.c); return; }
+        so = si;
+        so.dtype = BS_BITS;
+        break;
+    }
+    case BS_OP_MAXPOOL: {
+        op->g.kh = rd_i32(r); op->g.kw = rd_i32(r); op->g.sh = rd_i32(r); op->g.sw = rd_i32(r);
+        op->g.pt = op->g.pb = rd_i32(r);
+        op->g.pl = op->g.pr = rd_i32(r);
+        op->g.dh = op->g.dw = 1;
+        op->mode = rd_i32(r); /* ceil_mode */
+        if (!check_dim(r, "pool height", op->g.kh, 1) || !check_dim(r, "pool width", op->g.kw, 1) ||
+            !check_dim(r, "pool stride", op->g.sh, 1) || !check_dim(r, "pool stride", op->g.sw, 1) ||
+            !check_dim(r, "pool padding", op->g.pt, 0) || !check_dim(r, "pool padding", op->g.pl, 0))
+            return;
+        if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "ceil_mode = %d", op->mode); return; }
+        if (2 * op->g.pt > op->g.kh || 2 * op->g.pl > op->g.kw) {
+            fail(r, BS_ERR_RANGE, "pool padding must be at most half the pool size");
+            return;
+        }
+        /* torch's pooling output size, with ceil_mode's rule that the last window starts inside */
+        int32_t dims[2] = {si.h, si.w}, k[2] = {op->g.kh, op->g.kw}, s[2] = {op->g.sh, op->g.sw},
+                p[2] = {op->g.pt, op->g.pl}, o[2];
+        for (int a = 0; a < 2; a++) {
+            int64_t num = (int64_t)dims[a] + 2 * p[a] - k[a];
+            if (num < 0) { fail(r, BS_ERR_GRAPH, "pool window %d larger than the padded input %d", k[a], dims[a] + 2 * p[a]); return; }
+            int64_t out = (op->mode ? (num + s[a] - 1) / s[a] : num / s[a]) + 1;
+            if (op->mode && (out - 1) * s[a] >= (int64_t)dims[a] + p[a]) out--;
+            o[a] = (int32_t)out;
+        }
+        so = (bs_shape){o[0], o[1], si.c, si.dtype};
+        break;
+    }
+    case BS_OP_GAP:
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "global average pool needs floats"); return; }
+        so = (bs_shape){1, 1, si.c, BS_F32};
+        break;
+    case BS_OP_LINEAR: {
+        op->cin = rd_i32(r);
+        op->cout = rd_i32(r);
+        op->mode = rd_i32(r);
+        if (r->err) return;
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "linear needs floats"); return; }
+        size_t nin = (size_t)si.h * si.w * si.c;
+        if (op->cin < 1 || (size_t)op->cin != nin) { fail(r, BS_ERR_GRAPH, "linear expects %d inputs, the input tensor has %zu", op->cin, nin); return; }
+        if (!check_dim(r, "linear outputs", op->cout, 1)) return;
+        if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", op->mode); return; }
+        if (!mul_ok(nin, (size_t)op->cout, SIZE_MAX / 64, &n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return; }
+        op->wf = rd_f32_array(r, n, 1, "weight");
+        if (op->mode) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+        so = (bs_shape){1, 1, op->cout, BS_F32};
+        break;
+    }
+    case BS_OP_ADD: {
+        op->mode = rd_i32(r);
+        if (r->err) return;
+        if (!get_in(r, g, ns, op->in1, &op->s1, BS_F32, "shortcut")) return;
+        bs_shape sb = op->s1;
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "add needs floats"); return; }
+        if (sb.h != si.h || sb.w != si.w) { fail(r, BS_ERR_GRAPH, "add of %dx%d and %dx%d maps", si.h, si.w, sb.h, sb.w); return; }
+        if ((op->mode == BS_ADD_IDENTITY && sb.c != si.c) || (op->mode == BS_ADD_PAD && sb.c > si.c) ||
+            (op->mode == BS_ADD_GROUP_MEAN && sb.c % si.c != 0)) {
+            fail(r, BS_ERR_GRAPH, "shortcut mode %d cannot map %d channels onto %d", op->mode, sb.c, si.c);
+            return;
+        }
+        if (op->mode < BS_ADD_IDENTITY || op->mode > BS_ADD_GROUP_MEAN) { fail(r, BS_ERR_UNSUPPORTED, "add mode %d", op->mode); return; }
+        so = si;
+        break;
+    }
+    case BS_OP_OUTPUT:
+        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "the output must be floats"); return; }
+        if (op->out != op->in0) { fail(r, BS_ERR_GRAPH, "output record must name the same slot twice"); return; }
+        m->output_slot = op->in0;
+        m->n_out = si.h * si.w * si.c;
+        so = si;
+        break;
+    default:
+        fail(r, BS_ERR_UNSUPPORTED, "unknown record type %d", type);
+        return;
+    }
+    if (r->err) return;
+    if (!shape_ok(r, so)) return;
+    op->so = so;
+    g->shape[op->out] = so;
+    size_t b = bs_shape_bytes(so);
+    if (b > g->max_bytes[op->out]) g->max_bytes[op->out] = b;
+}
+
+static void free_bitserial(bs_bitserial *b) {
+    if (!b) return;
+    free(b->start);
+    free(b->idx);
+    free(b->sel);
+    free(b->n1);
+    free(b);
+}
+
+/* the bit-serial plan of a binary conv (see bs_bitserial in bsnn.h); BS_OK, BS_ERR_NOMEM, or
+ * BS_ERR_RANGE for kernels beyond 65535 bits or plans beyond BS_MAX_PLAN_ENTRIES */
+int bs_bitserial_build(bs_op *op) {
+    size_t taps = (size_t)op->g.kh * op->g.kw, kbits = taps * (size_t)op->cin;
+    if (kbits > 65535) return BS_ERR_RANGE;
+    bs_bitserial *b = calloc(1, sizeof *b);
+    if (!b) return BS_ERR_NOMEM;
+    op->bser = b;
+    b->start = malloc(sizeof(uint32_t) * ((size_t)op->cout + 1));
+    b->sel = malloc((size_t)op->cout);
+    b->n1 = malloc(sizeof(int32_t) * (size_t)op->cout);
+    if (!b->start || !b->sel || !b->n1) return BS_ERR_NOMEM;
+    size_t total = 0, most = 0;
+    for (int32_t o = 0; o < op->cout; o++) {
+        const uint64_t *w = op->wbits + (size_t)o * op->kwords;
+        size_t n1 = 0;
+        for (int32_t j = 0; j < op->kwords; j++) n1 += (size_t)__builtin_popcountll(w[j]);
+        b->n1[o] = (int32_t)n1;
+        b->sel[o] = n1 <= kbits - n1;
+        size_t m = b->sel[o] ? n1 : kbits - n1;
+        b->start[o] = (uint32_t)total;
+        total += m;
+        if (m > most) most = m;
+    }
+    b->start[op->cout] = (uint32_t)total;
+    if (total > BS_MAX_PLAN_ENTRIES) return BS_ERR_RANGE; /* too big to be worth it */
+    b->idx = malloc(sizeof(uint16_t) * (total ? total : 1));
+    if (!b->idx) return BS_ERR_NOMEM;
+    for (int32_t o = 0; o < op->cout; o++) {
+        const uint64_t *w = op->wbits + (size_t)o * op->kwords;
+        uint16_t *dst = b->idx + b->start[o];
+        for (size_t bit = 0; bit < kbits; bit++)
+            if ((int)((w[bit / 64] >> (bit % 64)) & 1) == b->sel[o]) *dst++ = (uint16_t)bit;
+    }
+    int bits = 1;
+    while (((size_t)1 << bits) <= most) bits++;
+    b->nplanes = bits < 5 ? 5 : bits;
+    return BS_OK;
+}
+
+static void free_op(bs_op *op) {
+    free_bitserial(op->bser);
+    free(op->wf);
+    free(op->bias);
+    free(op->scale);
+    free(op->wbits);
+    free(op->thr);
+    free(op->flip);
+    free(op->fsign);
+    free(op->wpop);
+}
+
+void bs_model_free(bs_model *m) {
+    if (!m) return;
+    if (m->ops)
+        for (int i = 0; i < m->n_ops; i++) free_op(&m->ops[i]);
+    free(m->ops);
+    free(m->slot_off);
+    free(m->slot_bytes);
+    free(m->meta);
+    free(m);
+}
+
+static size_t align64(size_t x) { return (x + 63) / 64 * 64; }
+
+int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, size_t msg_len) {
+    rd_t r = {data, 0, len, 0, msg, msg_len, -1, NULL};
+    graph_t g = {NULL, NULL};
+    bs_model *m = NULL;
+    if (msg && msg_len) msg[0] = 0;
+    if (!out) return BS_ERR_ARG;
+    *out = NULL;
+    if (!data && len) return fail(&r, BS_ERR_ARG, "no data");
+
+    /* header */
+    if (len < BSNN_MAGIC_LEN || memcmp(data, BSNN_MAGIC, BSNN_MAGIC_LEN) != 0)
+        return fail(&r, BS_ERR_MAGIC, "not a bsnn model file (bad magic bytes); export one with "
+                                      "`bitsound export`");
+    if (len < BSNN_HEADER_BYTES + 4)
+        return fail(&r, BS_ERR_TRUNCATED, "file of %zu bytes is shorter than the %d-byte header and checksum",
+                    len, BSNN_HEADER_BYTES);
+    r.pos = BSNN_MAGIC_LEN;
+    uint32_t ver = rd_u32(&r);
+    uint16_t major = (uint16_t)(ver & 0xFFFF), minor = (uint16_t)(ver >> 16);
+    uint32_t flags = rd_u32(&r), hbytes = rd_u32(&r), n_records = rd_u32(&r), n_slots = rd_u32(&r),
+             reserved = rd_u32(&r);
+    uint64_t fbytes = rd_u64_at(data + 32);
+    r.pos = BSNN_HEADER_BYTES;
+    if (major != BSNN_VERSION_MAJOR)
+        return fail(&r, BS_ERR_VERSION, "format version %u.%u, this engine reads %d.x; re-export the model "
+                    "with this bitsound", major, minor, BSNN_VERSION_MAJOR);
+    if (fbytes != len)
+        return fail(&r, fbytes > len ? BS_ERR_TRUNCATED : BS_ERR_RANGE,
+                    "the header says %llu bytes but the file has %zu", (unsigned long long)fbytes, len);
+    uint32_t stored = (uint32_t)data[len - 4] | (uint32_t)data[len - 3] << 8 | (uint32_t)data[len - 2] << 16 |
+                      (uint32_t)data[len - 1] << 24;
+    uint32_t crc = bs_crc32(data, len - 4);
+    if (crc != stored)
+        return fail(&r, BS_ERR_CRC, "checksum mismatch (stored %08x, computed %08x): the file is corrupt", stored,
+                    crc);
+    if (flags != 0) return fail(&r, BS_ERR_UNSUPPORTED, "unknown header flags 0x%x", flags);
+    if (hbytes != BSNN_HEADER_BYTES || reserved != 0)
+        return fail(&r, BS_ERR_RANGE, "header size %u / reserved %u, expected %d / 0", hbytes, reserved,
+                    BSNN_HEADER_BYTES);
+    if (n_records < 2 || n_records > BS_MAX_RECORDS)
+        return fail(&r, BS_ERR_RANGE, "record count %u outside [2, %d]", n_records, BS_MAX_RECORDS);
+    if (n_slots < 1 || n_slots > BS_MAX_SLOTS)
+        return fail(&r, BS_ERR_RANGE, "slot count %u outside [1, %d]", n_slots, BS_MAX_SLOTS);
+    /* each record has at least an 8-byte header: bounds n_records by the file size before allocating */
+    if ((uint64_t)n_records * 8 > len - BSNN_HEADER_BYTES - 4)
+        return fail(&r, BS_ERR_TRUNCATED, "%u records cannot fit in %zu bytes", n_records, len);
+    if ((uint64_t)n_slots > (uint64_t)n_records * 2 + 16)
+        return fail(&r, BS_ERR_RANGE, "slot count %u is more than the %u records can use", n_slots, n_records);
+
+    m = calloc(1, sizeof *m);
+    if (!m) return fail(&r, BS_ERR_NOMEM, "cannot allocate the model");
+    m->version_major = major;
+    m->version_minor = minor;
+    m->n_slots = (int)n_slots;
+    m->input_slot = m->output_slot = -1;
+    m->ops = calloc(n_records, sizeof(bs_op));
+    g.shape = calloc(n_slots, sizeof(bs_shape));
+    g.max_bytes = calloc(n_slots, sizeof(size_t));
+    if (!m->ops || !g.shape || !g.max_bytes) {
+        fail(&r, BS_ERR_NOMEM, "cannot allocate %u records", n_records);
+        goto done;
+    }
+    size_t body_end = len - 4;
+    for (uint32_t i = 0; i < n_records && !r.err; i++) {
+        r.rec = (int)i;
+        r.what = NULL;
+        r.end = body_end;
+        size_t start = r.pos;
+        uint32_t type = rd_u32(&r), rbytes = rd_u32(&r);
+        if (r.err) break;
+        r.what = op_type_name((int32_t)type);
+        if (rbytes < 8 || rbytes % 4 || rbytes > body_end - start) {
+            fail(&r, rbytes > body_end - start ? BS_ERR_TRUNCATED : BS_ERR_RANGE,
+                 "record size %u at offset %zu is invalid (file body ends at %zu)", rbytes, start, body_end);
+            break;
+        }
+        r.end = start + rbytes;
+        if (m->output_slot >= 0) { fail(&r, BS_ERR_GRAPH, "record after the output record"); break; }
+        if (type == BS_REC_META) {
+            uint32_t mlen = rd_u32(&r);
+            if (r.err) break;
+            if (mlen > r.end - r.pos) { fail(&r, BS_ERR_TRUNCATED, "metadata of %u bytes overruns its record", mlen); break; }
+            if (m->meta) { fail(&r, BS_ERR_GRAPH, "a second metadata record"); break; }
+            m->meta = malloc((size_t)mlen + 1);
+            if (!m->meta) { fail(&r, BS_ERR_NOMEM, "metadata"); break; }
+            memcpy(m->meta, data + r.pos, mlen);
+            m->meta[mlen] = 0;
+            m->meta_len = mlen;
+            r.pos += ((size_t)mlen + 3) / 4 * 4;
+        } else {
+            if (m->input_slot < 0 && type != BS_OP_INPUT) { fail(&r, BS_ERR_GRAPH, "the first op must be the input"); break; }
+            bs_op *op = &m->ops[m->n_ops++];
+            parse_op(&r, &g, m, op, (int32_t)type);
+        }
+        if (!r.err && r.pos != r.end)
+            fail(&r, BS_ERR_RANGE, "record declares %u bytes but its fields use %zu", rbytes, r.pos - start);
+        r.pos = r.end;
+    }
+    r.end = body_end;
+    r.rec = -1;
+    if (!r.err && r.pos != body_end)
+        fail(&r, BS_ERR_RANGE, "%zu unread bytes after the last record", body_end - r.pos);
+    if (!r.err && m->output_slot < 0) fail(&r, BS_ERR_GRAPH, "no output record");
+    if (r.err) goto done;
+
+    /* arena: one region per slot (its largest use) + scratch for the binary convolutions */
+    m->slot_off = calloc(n_slots, sizeof(size_t));
+    m->slot_bytes = calloc(n_slots, sizeof(size_t));
+    if (!m->slot_off || !m->slot_bytes) { fail(&r, BS_ERR_NOMEM, "slots"); goto done; }
+    size_t off = 0, scratch = 0;
+    for (uint32_t s = 0; s < n_slots; s++) {
+        m->slot_off[s] = off;
+        m->slot_bytes[s] = g.max_bytes[s];
+        off += align64(g.max_bytes[s] + 64);
+        if (off > BS_MAX_ARENA) { fail(&r, BS_ERR_RANGE, "the model needs more than %zu bytes of activations", (size_t)BS_MAX_ARENA); goto done; }
+    }
+    for (int i = 0; i < m->n_ops; i++) {
+        bs_op *op = &m->ops[i];
+        size_t need_b = 0;
+        if (op->type == BS_OP_BCONV2D) {
+            size_t kbits = (size_t)op->g.kh * op->g.kw * op->cin;
+            if (kbits >= BS_BITSERIAL_MIN_BITS && kbits <= 65535 &&
+                (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS && bs_bitserial_build(op) != BS_OK) {
+                /* the plan only speeds things up: without one (too large, no memory) the op runs
+                 * on the word-parallel kernels */
+                free_bitserial(op->bser);
+                op->bser = NULL;
+            }
+            need_b = bs_bconv_scratch_bytes(op);
+        } else if (op->type == BS_OP_FEATURE_NORM) {
+            need_b = align64((size_t)op->so.h * op->so.c * 8);
+        } else if (op->type == BS_OP_CONV2D) {
+            need_b = align64((size_t)op->cout * 8);
+        }
+        if (need_b > scratch) scratch = need_b;
+    }
+    m->scratch_off = off;
+    m->scratch_bytes = scratch;
+    m->arena_bytes = off + align64(scratch);
+    if (m->arena_bytes > BS_MAX_ARENA) { fail(&r, BS_ERR_RANGE, "the model needs more than %zu bytes of working memory", (size_t)BS_MAX_ARENA); goto done; }
+
+done:
+    free(g.shape);
+    free(g.max_bytes);
+    if (r.err) {
+        bs_model_free(m);
+        return r.err;
+    }
+    *out = m;
+    return BS_OK;
+}

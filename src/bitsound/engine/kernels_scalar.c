@@ -1,0 +1,157 @@
+/* kernels_scalar.c: the portable path (plain C99 + __builtin_popcountll), same structure as the
+ * vector paths: four independent accumulators per output, blocks of output channels so that a
+ * block's weights stay in L1 while the row's patches stream past them. */
+#include <string.h>
+
+#include "bsnn.h"
+
+#define OBLOCK 64 /* output channels per cache block */
+
+void bs_xor_popcount_scalar(const uint64_t *patches, int n, const uint64_t *w, int cout, int kwords,
+                            int32_t *pop) {
+    for (int o0 = 0; o0 < cout; o0 += OBLOCK) {
+        int o1 = o0 + OBLOCK < cout ? o0 + OBLOCK : cout;
+        for (int p = 0; p < n; p++) {
+            const uint64_t *x = patches + (size_t)p * kwords;
+            for (int o = o0; o < o1; o++) {
+                const uint64_t *wo = w + (size_t)o * kwords;
+                uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+                for (int k = 0; k < kwords; k += 4) {
+                    a0 += (uint64_t)__builtin_popcountll(x[k] ^ wo[k]);
+                    a1 += (uint64_t)__builtin_popcountll(x[k + 1] ^ wo[k + 1]);
+                    a2 += (uint64_t)__builtin_popcountll(x[k + 2] ^ wo[k + 2]);
+                    a3 += (uint64_t)__builtin_popcountll(x[k + 3] ^ wo[k + 3]);
+                }
+                pop[(size_t)p * cout + o] = (int32_t)(a0 + a1 + a2 + a3);
+            }
+        }
+    }
+}
+
+void bs_pack_scalar(const float *x, size_t npix, int c, uint64_t *bits) {
+    int nw = (c + 63) / 64;
+    for (size_t p = 0; p < npix; p++) {
+        const float *src = x + p * (size_t)c;
+        for (int k = 0; k < nw; k++) {
+            int j1 = (k + 1) * 64 < c ? (k + 1) * 64 : c;
+            uint64_t word = 0;
+            for (int j = k * 64; j < j1; j++) word |= (uint64_t)(src[j] < 0.0f) << (j - k * 64);
+            bits[p * nw + k] = word;
+        }
+    }
+}
+
+void bs_bits_out_scalar(const int32_t *pop, int cout, int32_t nvalid, const int32_t *thr, const int32_t *fsign,
+                        uint64_t *dst) {
+    for (int o0 = 0; o0 < cout; o0 += 64) {
+        int n = cout - o0 < 64 ? cout - o0 : 64;
+        uint64_t word = 0;
+        for (int b = 0; b < n; b++) {
+            int o = o0 + b;
+            word |= (uint64_t)(fsign[o] * (nvalid - 2 * pop[o]) < thr[o]) << b;
+        }
+        dst[o0 / 64] = word;
+    }
+}
+
+/* ---- bit-serial popcounts (the algorithm of kernels_avx2.c in portable C) ---- */
+
+/* in-place 64x64 bit transpose: bit j of a[i] <-> bit i of a[j] */
+static void transpose64(uint64_t a[64]) {
+    uint64_t m = 0x00000000FFFFFFFFull;
+    for (int j = 32; j; j >>= 1, m ^= m << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            uint64_t t = ((a[k] >> j) ^ a[k | j]) & m;
+            a[k | j] ^= t;
+            a[k] ^= t << j;
+        }
+}
+
+/* patches [n <= 256][kwords] -> xt [kwords * 64][4]: word q of row b holds bit b of the patches
+ * of pixels 64q .. 64q + 63 (pixels >= n are zero) */
+void bs_transpose_patches(const uint64_t *patches, int n, int kwords, uint64_t *xt) {
+    uint64_t blk[64];
+    for (int q = 0; q < 4; q++) {
+        int base = q * 64, cnt = n - base < 0 ? 0 : (n - base > 64 ? 64 : n - base);
+        for (int j = 0; j < kwords; j++) {
+            uint64_t *dst = xt + (size_t)j * 64 * 4 + q;
+            if (cnt == 0) {
+                for (int b = 0; b < 64; b++) dst[(size_t)b * 4] = 0;
+                continue;
+            }
+            for (int i = 0; i < cnt; i++) blk[i] = patches[(size_t)(base + i) * kwords + j];
+            for (int i = cnt; i < 64; i++) blk[i] = 0;
+            transpose64(blk);
+            for (int b = 0; b < 64; b++) dst[(size_t)b * 4] = blk[b];
+        }
+    }
+}
+
+static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
+
+/* pop[p][o] = popcount(patch_p xor w_o) = n1 + X - 2 C1 (listed w = 1) or n1 - X + 2 C0 (w = 0),
+ * C counted per pixel with a ripple-carry bit-sliced counter over the listed rows of xt */
+void bs_bitserial_scalar(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work) {
+    const bs_bitserial *bs = op->bser;
+    const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes;
+    uint64_t *xt = (uint64_t *)work;
+    int32_t *xpop = (int32_t *)((char *)work + a64((size_t)kw4 * 64 * 32));
+    uint64_t *planes = (uint64_t *)((char *)xpop + a64(BS_PIXEL_BLOCK * 4));
+    bs_transpose_patches(patches, n, kw4, xt);
+    for (int p = 0; p < n; p++) {
+        int32_t c = 0;
+        for (int j = 0; j < kw4; j++) c += __builtin_popcountll(patches[(size_t)p * kw4 + j]);
+        xpop[p] = c;
+    }
+    for (int o = 0; o < cout; o++) {
+        memset(planes, 0, (size_t)L * 32);
+        for (uint32_t i = bs->start[o]; i < bs->start[o + 1]; i++) {
+            const uint64_t *v = xt + (size_t)bs->idx[i] * 4;
+            for (int q = 0; q < 4; q++) {
+                uint64_t carry = v[q];
+                for (int l = 0; l < L && carry; l++) {
+                    uint64_t t = planes[l * 4 + q] & carry;
+                    planes[l * 4 + q] ^= carry;
+                    carry = t;
+                }
+            }
+        }
+        const int32_t n1 = bs->n1[o], sel = bs->sel[o];
+        for (int p = 0; p < n; p++) {
+            int32_t c = 0;
+            for (int l = L - 1; l >= 0; l--) c = 2 * c + (int32_t)((planes[l * 4 + p / 64] >> (p % 64)) & 1);
+            pop[(size_t)p * cout + o] = sel ? n1 + xpop[p] - 2 * c : n1 - xpop[p] + 2 * c;
+        }
+    }
+}
+
+/* xor+popcount throughput of this path on L1-resident data, in bit operations per second */
+double bs_peak_scalar(double seconds) {
+    enum { N = 512 };
+    static uint64_t a[N], b[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
+        b[i] = ~((uint64_t)(i + 7) * 0xC2B2AE3D27D4EB4Full);
+    }
+    volatile uint64_t sink = 0;
+    double best = 0, t_end = bs_now() + seconds;
+    do {
+        double t0 = bs_now();
+        uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+        for (int r = 0; r < 200; r++) {
+            for (int i = 0; i < N; i += 4) {
+                c0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+                c1 += (uint64_t)__builtin_popcountll(a[i + 1] ^ b[i + 1]);
+                c2 += (uint64_t)__builtin_popcountll(a[i + 2] ^ b[i + 2]);
+                c3 += (uint64_t)__builtin_popcountll(a[i + 3] ^ b[i + 3]);
+            }
+            __asm__ volatile("" : "+r"(c0), "+r"(c1), "+r"(c2), "+r"(c3));
+        }
+        sink += c0 + c1 + c2 + c3;
+        double dt = bs_now() - t0;
+        double rate = 200.0 * N * 64 / dt;
+        if (rate > best) best = rate;
+    } while (bs_now() < t_end);
+    (void)sink;
+    return best;
+}
