@@ -163,7 +163,17 @@ class _BinaryMixin:
         return t.view(-1, *([1] * self._n_spatial))
 
     def _input_scale_map(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """XNOR-Net's K for convolutions: mean |x| over channels, box-filtered like the conv."""
+        a = x.abs().mean(dim=-(self._n_spatial + 1), keepdim=True)  # (batch, 1, *spatial)
+        box = torch.full((1, 1, *self.kernel_size), 1.0 / math.prod(self.kernel_size),
+                         dtype=x.dtype, device=x.device)
+        return self._conv(a, box, None, self.stride, self.padding, self.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._binary_forward(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._binary_repr()
 
     def _binary_forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.input_quantizer(x)
@@ -228,20 +238,10 @@ class BinaryConv1d(_BinaryMixin, nn.Conv1d):
         self._init_binary(mode=mode, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                           input_scale=input_scale)
 
+    _conv = staticmethod(F.conv1d)
+
     def _raw(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
-
-    def _input_scale_map(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.abs().mean(dim=-2, keepdim=True)  # (batch, 1, time)
-        box = torch.full((1, 1, *self.kernel_size), 1.0 / math.prod(self.kernel_size),
-                         dtype=x.dtype, device=x.device)
-        return F.conv1d(a, box, None, self.stride, self.padding, self.dilation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._binary_forward(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._binary_repr()
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
@@ -275,20 +275,10 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         self._init_binary(mode=mode, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
                           input_scale=input_scale)
 
+    _conv = staticmethod(F.conv2d)
+
     def _raw(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
-
-    def _input_scale_map(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.abs().mean(dim=-3, keepdim=True)  # (batch, 1, freq, time)
-        box = torch.full((1, 1, *self.kernel_size), 1.0 / math.prod(self.kernel_size),
-                         dtype=x.dtype, device=x.device)
-        return F.conv2d(a, box, None, self.stride, self.padding, self.dilation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._binary_forward(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._binary_repr()
 
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
@@ -322,12 +312,6 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     def _input_scale_map(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs().mean(dim=-1, keepdim=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._binary_forward(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._binary_repr()
 
 
 _BINARY_ONLY_OPTIONS = ("input_quantizer", "weight_quantizer", "input_scale")
