@@ -82,8 +82,9 @@ def cv_splits(recipe: Recipe, dataset: Dataset) -> list[Split]:
     return splits.leave_one_group_out(dataset.clips)
 
 
-def fingerprint(recipe: Recipe, spec: str) -> str:
-    text = json.dumps({"recipe": recipe.model_dump(mode="json"), "data": spec}, sort_keys=True)
+def fingerprint(recipe: Recipe) -> str:
+    """Identifies an experiment for --resume: the whole recipe, its data included."""
+    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -134,7 +135,7 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=FeatureAugment(recipe.augment),
                  validate=validate if val is not None else None, resume=resume,
-                 fingerprint=fingerprint(recipe, data_name(recipe)), select_best=select_best,
+                 fingerprint=fingerprint(recipe), select_best=select_best,
                  show_progress=show_progress)
     net.cpu()
     metrics = {
