@@ -228,6 +228,27 @@ def test_binary_image_thresholds_before_resizing(threshold):
     assert 0 < out.mean() < 1
 
 
+def test_band_median_denoise_drops_steady_background_keeps_events():
+    """A steady tone (every frame) is background; a chirp burst in the middle is an event."""
+    t = np.arange(SR, dtype=np.float32) / SR
+    steady = 0.5 * np.sin(2 * np.pi * 300 * t)
+    burst = np.where((t > 0.4) & (t < 0.6), 0.2 * np.sin(2 * np.pi * 3000 * t), 0).astype(np.float32)
+    x = torch.from_numpy(steady + burst).reshape(1, 1, SR)
+    plain = BinaryImageConfig(threshold="fixed", threshold_value=-6.0, height=40, width=101)
+    denoised = plain.model_copy(update={"denoise": "band_median", "threshold_value": float(np.log(3))})
+    logmel = BinaryImage(plain, sample_rate=SR).logmel
+    tone_band = int(logmel(torch.from_numpy(steady).reshape(1, 1, SR))[0, 0].mean(-1).argmax())
+    burst_band = int(logmel(torch.from_numpy(burst).reshape(1, 1, SR))[0, 0, :, 50].argmax())
+    before = BinaryImage(plain, sample_rate=SR)(x)[0, 0]
+    after = BinaryImage(denoised, sample_rate=SR)(x)[0, 0]
+    # without denoising the loud tone's band is on in every frame; with it, off in all of them
+    assert before[tone_band].all() and not after[tone_band].any()
+    # the burst's band is on while it sounds (frames 0.45-0.55 s) and off before and after it
+    assert after[burst_band, 45:55].all()
+    # (the first and last frames see the signal's edges, a click in every band)
+    assert not after[burst_band, 5:30].any() and not after[burst_band, 70:-5].any()
+
+
 def test_resize_binary_keeps_blocks_and_majority():
     image = torch.zeros(1, 1, 40, 100)
     image[..., :20, :] = 1.0  # low half of the mel bands on

@@ -76,6 +76,9 @@ class BinaryImageConfig(LogMelConfig):
 
     kind: Literal["binary_image"] = "binary_image"  # type: ignore[assignment]
     threshold: Literal["fixed", "mean", "otsu"] = "otsu"
+    # "band_median" subtracts each mel band's median over time before thresholding, so a
+    # recording's steady background (wind, hum, a noisy microphone) does not turn rows on
+    denoise: Literal["none", "band_median"] = "none"
     threshold_value: float = 0.0  # used by "fixed", in the log-mel domain
     height: int = Field(default=32, gt=0)
     width: int = Field(default=32, gt=0)
@@ -189,7 +192,9 @@ class EarlyStoppingConfig(Section):
 class DistillConfig(Section):
     """Distillation from a trained teacher (``train.task: distillation``)."""
 
-    teacher: str  # path of a model.pt with the same labels and feature config
+    # path of a model.pt with the same labels and feature config; "{split}" in it becomes the
+    # split's name, so each cross-validation fold distils from the teacher of that fold
+    teacher: str
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.5, ge=0, le=1)
 
@@ -198,7 +203,7 @@ class TrainConfig(Section):
     task: Literal["classification", "distillation"] = "classification"
     distill: DistillConfig | None = None
     # Start from the weights of another model.pt of the same architecture (two-stage
-    # training of binary networks: stage 2 starts from stage 1).
+    # training of binary networks: stage 2 starts from stage 1). "{split}" as in the teacher.
     init_from: str | None = None
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=64, gt=0)

@@ -228,6 +228,12 @@ class BinaryImage(nn.Module):
     by ``>= 0.5``: a target pixel is on when the weighted majority of the pixels it covers is on.
     Bilinear rather than nearest, so that no row or column of the spectrogram is skipped.
 
+    Denoising (``cfg.denoise``), before the threshold: ``"band_median"`` subtracts each mel
+    band's median over the image's frames, so that a steady background (a recording's own
+    noise floor) sits at 0 and only what rises above it can turn a pixel on; with
+    ``threshold="fixed"`` and ``threshold_value=log(3)`` a pixel is on when its power is more
+    than 3x its band's median, the median-clipping rule of bird-detection front ends.
+
     Thresholds (``cfg.threshold``), per image:
 
     - ``"fixed"``: ``logmel > cfg.threshold_value``;
@@ -265,6 +271,8 @@ class BinaryImage(nn.Module):
             Values in {0., 1.}.
         """
         image = self.logmel(x)
+        if self.cfg.denoise == "band_median":
+            image = image - image.median(dim=-1, keepdim=True).values
         binary = (image > self.threshold(image)).to(image.dtype)
         return resize_binary(binary, height=self.cfg.height, width=self.cfg.width)
 
