@@ -49,3 +49,18 @@ def test_plain_classification_is_cross_entropy(smoothing):
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     loss = ClassificationTask(label_smoothing=smoothing).training_loss(net, x, y, torch.Generator())
     torch.testing.assert_close(loss, F.cross_entropy(net(x), y, label_smoothing=smoothing))
+
+
+def test_split_placeholder_names_each_folds_own_teacher_and_start():
+    from bitsound.experiment import for_split
+    from bitsound.recipes import load_recipe
+
+    recipe = load_recipe("digits-xnor", overrides=[
+        "train.task=distillation", "train.distill={teacher: 'runs/t/cv-{split}/model.pt'}",
+        "train.init_from=runs/s/cv-{split}/model.pt"])
+    fold = for_split(recipe, "george")
+    assert fold.train.distill.teacher == "runs/t/cv-george/model.pt"
+    assert fold.train.init_from == "runs/s/cv-george/model.pt"
+    assert recipe.train.distill.teacher == "runs/t/cv-{split}/model.pt"  # the recipe is unchanged
+    plain = load_recipe("digits-xnor")
+    assert for_split(plain, "george") is plain

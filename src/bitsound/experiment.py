@@ -101,6 +101,7 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     write ``model.pt``, ``metrics.json`` and ``log.jsonl`` into ``out_dir``."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    recipe = for_split(recipe, split.name if split is not None else "all")
     labels = sorted({dataset.clips[i].label for i in (split.train if split else
                                                       range(len(dataset.clips)))})
     label_index = {label: i for i, label in enumerate(labels)}
@@ -158,6 +159,28 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     save_model(out_dir / "model.pt", recipe=recipe, labels=labels, net=net, metrics=metrics)
     save_json(metrics, out_dir / "metrics.json")
     return TrainOutcome(out_dir=out_dir, metrics=metrics)
+
+
+SPLIT_PLACEHOLDER = "{split}"
+
+
+def for_split(recipe: Recipe, split_name: str) -> Recipe:
+    """The recipe with ``{split}`` in its teacher and init_from paths replaced by the split name.
+
+    Cross-validation then distils each fold's student from the teacher trained on that same
+    fold (e.g. ``runs/digits-cnn-cv/cv-{split}/model.pt``), so that no teacher has seen the
+    held-out fold: one teacher for every fold would leak it.
+    """
+    train = recipe.train
+    changes = {}
+    if train.init_from and SPLIT_PLACEHOLDER in train.init_from:
+        changes["init_from"] = train.init_from.replace(SPLIT_PLACEHOLDER, split_name)
+    if train.distill is not None and SPLIT_PLACEHOLDER in train.distill.teacher:
+        teacher = train.distill.teacher.replace(SPLIT_PLACEHOLDER, split_name)
+        changes["distill"] = train.distill.model_copy(update={"teacher": teacher})
+    if not changes:
+        return recipe
+    return recipe.model_copy(update={"train": train.model_copy(update=changes)})
 
 
 def make_task(recipe: Recipe, labels: list[str]):
