@@ -24,13 +24,6 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         for (int j = 0; j < kw4; j++) c += (int64_t)_mm_popcnt_u64(x[j]);
         xpop[p] = (int32_t)c;
     }
-    for (int o = 0; o < cout; o++) {
-        const uint16_t *idx = bs->idx + bs->start[o];
-        const int m = (int)(bs->start[o + 1] - bs->start[o]);
-        __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones, sixteens = ones;
-        __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, carry, t;
-        for (int l = 0; l < np; l++) high[l] = _mm256_setzero_si256();
-        int i = 0;
 #define LD(k) _mm256_load_si256((const __m256i *)(xt + (size_t)idx[i + (k)] * 4))
 #define HS16(out, k)                                                                              \
     do {                                                                                          \
@@ -56,34 +49,64 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         high[l] = _mm256_xor_si256(h, carry);                                                     \
         carry = _mm256_and_si256(h, carry);                                                       \
     }
-        /* 32 rows per step: the weight-32 carry ripples into the high planes once per step */
-        for (; i + 32 <= m; i += 32) {
-            HS16(sixteensA, 0);
-            HS16(sixteensB, 16);
-            CSA(carry, sixteens, sixteens, sixteensA, sixteensB);
-            RIPPLE(0);
-        }
-        if (i + 16 <= m) {
-            HS16(sixteensA, 0);
-            carry = _mm256_and_si256(sixteens, sixteensA);
-            sixteens = _mm256_xor_si256(sixteens, sixteensA);
-            RIPPLE(0);
-            i += 16;
-        }
-        for (; i < m; i++) {
-            carry = LD(0);
-            t = _mm256_and_si256(ones, carry); ones = _mm256_xor_si256(ones, carry); carry = t;
-            t = _mm256_and_si256(twos, carry); twos = _mm256_xor_si256(twos, carry); carry = t;
-            t = _mm256_and_si256(fours, carry); fours = _mm256_xor_si256(fours, carry); carry = t;
-            t = _mm256_and_si256(eights, carry); eights = _mm256_xor_si256(eights, carry); carry = t;
-            t = _mm256_and_si256(sixteens, carry); sixteens = _mm256_xor_si256(sixteens, carry); carry = t;
-            if (!_mm256_testz_si256(carry, carry)) {
-                RIPPLE(0);
+#define ADD_ROWS()                                                                                \
+    do {                                                                                          \
+        i = 0;                                                                                    \
+        /* 32 rows per step: the weight-32 carry ripples into the high planes once per step */     \
+        for (; i + 32 <= m; i += 32) {                                                             \
+            HS16(sixteensA, 0);                                                                    \
+            HS16(sixteensB, 16);                                                                   \
+            CSA(carry, sixteens, sixteens, sixteensA, sixteensB);                                  \
+            RIPPLE(0);                                                                             \
+        }                                                                                          \
+        if (i + 16 <= m) {                                                                         \
+            HS16(sixteensA, 0);                                                                    \
+            carry = _mm256_and_si256(sixteens, sixteensA);                                         \
+            sixteens = _mm256_xor_si256(sixteens, sixteensA);                                      \
+            RIPPLE(0);                                                                             \
+            i += 16;                                                                               \
+        }                                                                                          \
+        for (; i < m; i++) {                                                                       \
+            carry = LD(0);                                                                         \
+            t = _mm256_and_si256(ones, carry); ones = _mm256_xor_si256(ones, carry); carry = t;    \
+            t = _mm256_and_si256(twos, carry); twos = _mm256_xor_si256(twos, carry); carry = t;    \
+            t = _mm256_and_si256(fours, carry); fours = _mm256_xor_si256(fours, carry); carry = t; \
+            t = _mm256_and_si256(eights, carry); eights = _mm256_xor_si256(eights, carry); carry = t; \
+            t = _mm256_and_si256(sixteens, carry); sixteens = _mm256_xor_si256(sixteens, carry); carry = t; \
+            if (!_mm256_testz_si256(carry, carry)) {                                               \
+                RIPPLE(0);                                                                         \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+    __m256i *saved = (__m256i *)((char *)cnt + a64(8 * BS_PIXEL_BLOCK * 4)); /* a pair's shared sum */
+    for (int o = 0; o < cout; o++) {
+        const uint32_t *seg = bs->start + 3 * (o / 2);
+        const uint16_t *idx;
+        int m, i;
+        __m256i ones, twos, fours, eights, sixteens;
+        __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, carry, t;
+        if (o % 2 == 0) { /* first of a pair: start from zero and add the shared rows */
+            ones = twos = fours = eights = sixteens = _mm256_setzero_si256();
+            for (int l = 0; l < np; l++) high[l] = _mm256_setzero_si256();
+            idx = bs->idx + seg[0];
+            m = (int)(seg[1] - seg[0]);
+            ADD_ROWS();
+            if (o + 1 < cout) {
+                saved[0] = ones, saved[1] = twos, saved[2] = fours, saved[3] = eights, saved[4] = sixteens;
+                for (int l = 0; l < np; l++) saved[5 + l] = high[l];
             }
+        } else { /* second of a pair: continue from the shared sum */
+            ones = saved[0], twos = saved[1], fours = saved[2], eights = saved[3], sixteens = saved[4];
+            for (int l = 0; l < np; l++) high[l] = saved[5 + l];
         }
+        const int own = 1 + o % 2;
+        idx = bs->idx + seg[own];
+        m = (int)(seg[own + 1] - seg[own]);
+        ADD_ROWS();
 #undef LD
 #undef HS16
 #undef RIPPLE
+#undef ADD_ROWS
         hp[0] = ones;
         hp[1] = twos;
         hp[2] = fours;

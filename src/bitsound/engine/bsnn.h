@@ -81,12 +81,17 @@ typedef struct {
     int32_t kh, kw, sh, sw, pt, pl, pb, pr, dh, dw;
 } bs_geom;
 
-/* bit-serial form of a binary conv's weights (kernels_avx2.c): for each output channel the
- * positions of the smaller of its sets of 0 bits and 1 bits, so that popcount(x xor w) =
- * n1 + X - 2 C1 or n1 - X + 2 C0, with X = popcount(x) and C the sum of x over the listed bits */
+/* bit-serial form of a binary conv's weights (kernels_avx2.c): each output channel lists the
+ * positions of its 0 bits or of its 1 bits, so that popcount(x xor w) = n1 + X - 2 C1 or
+ * n1 - X + 2 C0, with X = popcount(x) and C the sum of x over the listed bits. Channels go in
+ * pairs (2q, 2q + 1) that share the positions both list: segment 3q holds those, 3q + 1 those of
+ * channel 2q only, 3q + 2 those of channel 2q + 1 only (a last odd channel: segment 3q holds all
+ * of its positions, the other two are empty). A kernel sums segment 3q once, then continues
+ * from that partial sum with each channel's own segment: a quarter fewer rows than listing each
+ * channel on its own when half of each channel's bits are listed. */
 typedef struct {
-    uint32_t *start;   /* [cout + 1] offsets into idx */
-    uint16_t *idx;     /* listed bit positions, ascending */
+    uint32_t *start;   /* [3 * ceil(cout / 2) + 1] segment offsets into idx */
+    uint16_t *idx;     /* listed bit positions, ascending within a segment */
     uint8_t *sel;      /* 1: the listed positions hold w = 1; 0: w = 0 */
     int32_t *n1;       /* popcount of each weight row */
     int32_t nplanes;   /* bit planes a count needs (>= 4) */

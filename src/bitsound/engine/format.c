@@ -562,40 +562,82 @@ static void free_bitserial(bs_bitserial *b) {
     free(b);
 }
 
+/* word j of the positions a pair lists: kind 0 both channels, 1 channel a only, 2 channel b only
+ * (wb NULL: a lone channel, all in kind 0); la/lb are the listed polarities, bits >= kbits off */
+static uint64_t listed_word(const uint64_t *wa, const uint64_t *wb, int sa, int sb, size_t j, size_t kbits,
+                           int kind) {
+    uint64_t valid = (j + 1) * 64 <= kbits ? ~0ull : j * 64 >= kbits ? 0 : (1ull << (kbits % 64)) - 1;
+    uint64_t la = (sa ? wa[j] : ~wa[j]) & valid;
+    if (!wb) return kind == 0 ? la : 0;
+    uint64_t lb = (sb ? wb[j] : ~wb[j]) & valid;
+    return kind == 0 ? la & lb : kind == 1 ? la & ~lb : ~la & lb;
+}
+
 /* the bit-serial plan of a binary conv (see bs_bitserial in bsnn.h); BS_OK, BS_ERR_NOMEM, or
- * BS_ERR_RANGE for kernels beyond 65535 bits or plans beyond BS_MAX_PLAN_ENTRIES */
+ * BS_ERR_RANGE for kernels beyond 65535 bits or plans beyond BS_MAX_PLAN_ENTRIES.
+ * Channels go in pairs (a, b): each lists its w = 1 or its w = 0 positions, the pair of choices
+ * that lists the fewest positions in all, and the positions both list are stored once. */
 int bs_bitserial_build(bs_op *op) {
     size_t taps = (size_t)op->g.kh * op->g.kw, kbits = taps * (size_t)op->cin;
     if (kbits > 65535) return BS_ERR_RANGE;
     bs_bitserial *b = calloc(1, sizeof *b);
     if (!b) return BS_ERR_NOMEM;
     op->bser = b;
-    b->start = malloc(sizeof(uint32_t) * ((size_t)op->cout + 1));
-    b->sel = malloc((size_t)op->cout);
-    b->n1 = malloc(sizeof(int32_t) * (size_t)op->cout);
+    const int32_t cout = op->cout, npairs = (cout + 1) / 2;
+    const size_t kw = (size_t)op->kwords;
+    b->start = malloc(sizeof(uint32_t) * (3 * (size_t)npairs + 1));
+    b->sel = malloc((size_t)cout);
+    b->n1 = malloc(sizeof(int32_t) * (size_t)cout);
     if (!b->start || !b->sel || !b->n1) return BS_ERR_NOMEM;
-    size_t total = 0, most = 0;
-    for (int32_t o = 0; o < op->cout; o++) {
-        const uint64_t *w = op->wbits + (size_t)o * op->kwords;
+    for (int32_t o = 0; o < cout; o++) {
         size_t n1 = 0;
-        for (int32_t j = 0; j < op->kwords; j++) n1 += (size_t)__builtin_popcountll(w[j]);
+        for (size_t j = 0; j < kw; j++) n1 += (size_t)__builtin_popcountll(op->wbits[o * kw + j]);
         b->n1[o] = (int32_t)n1;
-        b->sel[o] = n1 <= kbits - n1;
-        size_t m = b->sel[o] ? n1 : kbits - n1;
-        b->start[o] = (uint32_t)total;
-        total += m;
-        if (m > most) most = m;
     }
-    b->start[op->cout] = (uint32_t)total;
-    if (total > BS_MAX_PLAN_ENTRIES) return BS_ERR_RANGE; /* too big to be worth it */
-    b->idx = malloc(sizeof(uint16_t) * (total ? total : 1));
-    if (!b->idx) return BS_ERR_NOMEM;
-    for (int32_t o = 0; o < op->cout; o++) {
-        const uint64_t *w = op->wbits + (size_t)o * op->kwords;
-        uint16_t *dst = b->idx + b->start[o];
-        for (size_t bit = 0; bit < kbits; bit++)
-            if ((int)((w[bit / 64] >> (bit % 64)) & 1) == b->sel[o]) *dst++ = (uint16_t)bit;
+    /* pass 0 chooses the polarities and counts the positions, pass 1 writes them */
+    size_t total = 0, most = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        total = 0;
+        for (int32_t q = 0; q < npairs; q++) {
+            const int32_t oa = 2 * q, ob = oa + 1;
+            const uint64_t *wa = op->wbits + (size_t)oa * kw, *wb = ob < cout ? wa + kw : NULL;
+            if (pass == 0) {
+                size_t best = (size_t)-1;
+                for (int sa = 0; sa < 2; sa++)
+                    for (int sb = 0; sb < (wb ? 2 : 1); sb++) {
+                        size_t n = 0;
+                        for (size_t j = 0; j < kw; j++)
+                            for (int kind = 0; kind < 3; kind++)
+                                n += (size_t)__builtin_popcountll(listed_word(wa, wb, sa, sb, j, kbits, kind));
+                        if (n < best) {
+                            best = n;
+                            b->sel[oa] = (uint8_t)sa;
+                            if (wb) b->sel[ob] = (uint8_t)sb;
+                        }
+                    }
+            }
+            const int sa = b->sel[oa], sb = wb ? b->sel[ob] : 0;
+            size_t seg[3] = {0, 0, 0};
+            for (int kind = 0; kind < 3; kind++) {
+                if (pass) b->start[3 * q + kind] = (uint32_t)total;
+                for (size_t j = 0; j < kw; j++) {
+                    uint64_t word = listed_word(wa, wb, sa, sb, j, kbits, kind);
+                    seg[kind] += (size_t)__builtin_popcountll(word);
+                    if (pass)
+                        for (; word; word &= word - 1) b->idx[total++] = (uint16_t)(j * 64 + (size_t)__builtin_ctzll(word));
+                }
+                if (!pass) total += seg[kind];
+            }
+            if (seg[0] + seg[1] > most) most = seg[0] + seg[1];
+            if (seg[0] + seg[2] > most) most = seg[0] + seg[2];
+        }
+        if (pass == 0) {
+            if (total > BS_MAX_PLAN_ENTRIES) return BS_ERR_RANGE; /* too big to be worth it */
+            b->idx = malloc(sizeof(uint16_t) * (total ? total : 1));
+            if (!b->idx) return BS_ERR_NOMEM;
+        }
     }
+    b->start[3 * (size_t)npairs] = (uint32_t)total;
     int bits = 1;
     while (((size_t)1 << bits) <= most) bits++;
     b->nplanes = bits < 5 ? 5 : bits;

@@ -89,14 +89,31 @@ void bs_transpose_patches(const uint64_t *patches, int n, int kwords, uint64_t *
 
 static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
 
+/* add the listed rows of xt to the bit-sliced per-pixel counters (ripple carry) */
+static void add_rows(uint64_t *planes, int L, const uint64_t *xt, const uint16_t *idx, uint32_t m) {
+    for (uint32_t i = 0; i < m; i++) {
+        const uint64_t *v = xt + (size_t)idx[i] * 4;
+        for (int q = 0; q < 4; q++) {
+            uint64_t carry = v[q];
+            for (int l = 0; l < L && carry; l++) {
+                uint64_t t = planes[l * 4 + q] & carry;
+                planes[l * 4 + q] ^= carry;
+                carry = t;
+            }
+        }
+    }
+}
+
 /* pop[p][o] = popcount(patch_p xor w_o) = n1 + X - 2 C1 (listed w = 1) or n1 - X + 2 C0 (w = 0),
- * C counted per pixel with a ripple-carry bit-sliced counter over the listed rows of xt */
+ * C counted per pixel with a ripple-carry bit-sliced counter over the listed rows of xt; a pair's
+ * shared rows are counted once (bs_bitserial in bsnn.h) */
 void bs_bitserial_scalar(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work) {
     const bs_bitserial *bs = op->bser;
     const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes;
     uint64_t *xt = (uint64_t *)work;
     int32_t *xpop = (int32_t *)((char *)work + a64((size_t)kw4 * 64 * 32));
     uint64_t *planes = (uint64_t *)((char *)xpop + a64(BS_PIXEL_BLOCK * 4));
+    uint64_t *shared = (uint64_t *)((char *)planes + a64((size_t)L * 32) + a64(8 * BS_PIXEL_BLOCK * 4));
     bs_transpose_patches(patches, n, kw4, xt);
     for (int p = 0; p < n; p++) {
         int32_t c = 0;
@@ -104,18 +121,14 @@ void bs_bitserial_scalar(const uint64_t *patches, int n, const bs_op *op, int32_
         xpop[p] = c;
     }
     for (int o = 0; o < cout; o++) {
-        memset(planes, 0, (size_t)L * 32);
-        for (uint32_t i = bs->start[o]; i < bs->start[o + 1]; i++) {
-            const uint64_t *v = xt + (size_t)bs->idx[i] * 4;
-            for (int q = 0; q < 4; q++) {
-                uint64_t carry = v[q];
-                for (int l = 0; l < L && carry; l++) {
-                    uint64_t t = planes[l * 4 + q] & carry;
-                    planes[l * 4 + q] ^= carry;
-                    carry = t;
-                }
-            }
+        const uint32_t *seg = bs->start + 3 * (o / 2);
+        if (o % 2 == 0) {
+            memset(shared, 0, (size_t)L * 32);
+            add_rows(shared, L, xt, bs->idx + seg[0], seg[1] - seg[0]);
         }
+        memcpy(planes, shared, (size_t)L * 32);
+        const int own = 1 + o % 2;
+        add_rows(planes, L, xt, bs->idx + seg[own], seg[own + 1] - seg[own]);
         const int32_t n1 = bs->n1[o], sel = bs->sel[o];
         for (int p = 0; p < n; p++) {
             int32_t c = 0;
