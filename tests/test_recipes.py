@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bitsound.cli import main
-from bitsound.recipes import list_recipes
+from bitsound.recipes import list_recipes, load_recipe
 
 RECIPES = [name for name, description in list_recipes() if not description.startswith("study:")]
 
@@ -19,9 +19,16 @@ RECIPES = [name for name, description in list_recipes() if not description.start
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_debug_run(name, tmp_path):
     out = tmp_path / name
-    code = main(["train", "--recipe", name, "--data", "synthetic:n_per_class=3,n_locations=3",
-                 "--out", str(out), "--no-cache", "-q", "--set", "train.epochs=1",
-                 "--set", "data.split.kind=group", "--set", "data.split.val_fraction=0.34"])
+    debug = ["--data", "synthetic:n_per_class=3,n_locations=3", "--no-cache", "-q",
+             "--set", "train.epochs=1", "--set", "data.split.kind=group",
+             "--set", "data.split.val_fraction=0.34"]
+    if load_recipe(name).train.task == "distillation":
+        # its teacher: the same recipe trained as a plain classifier (same features and labels)
+        teacher = tmp_path / "teacher"
+        assert main(["train", "--recipe", name, "--out", str(teacher), *debug,
+                     "--set", "train.task=classification", "--set", "train.distill=null"]) == 0
+        debug += ["--set", f"train.distill.teacher={teacher / 'model.pt'}"]
+    code = main(["train", "--recipe", name, "--out", str(out), *debug])
     assert code == 0
     for produced in ("model.pt", "metrics.json", "log.jsonl", "checkpoints/best.pt",
                      "checkpoints/last.pt"):
