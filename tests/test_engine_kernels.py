@@ -124,6 +124,33 @@ def test_bitserial_blocks_match_torch(cin, cout, hw, gi):
         assert np.array_equal(_trace(data, x, isa)[2][1].astype(np.int64), dot), isa
 
 
+@pytest.mark.parametrize("all_sparse", [True, False])
+def test_bitserial_pairs_share_rows_exactly(all_sparse):
+    """Channel pairs that are equal, complementary, nearly constant, and a lone last channel.
+
+    With every channel nearly constant each lists fewer than 32 positions, so the counts need no
+    plane of weight 32 or more; otherwise random channels list hundreds."""
+    cin, h, w, k = 64, 20, 20, (3, 3)
+    rng = np.random.default_rng(5)
+    weight = np.ones((7, cin, *k), dtype=np.int8)
+    for o in range(7):  # a few flipped taps per channel
+        flat = weight[o].reshape(-1)
+        flat[rng.choice(flat.size, 3 + 4 * o, replace=False)] = -1
+    weight[1] = weight[0]  # a pair listing the same positions
+    weight[3] = -weight[2]  # a pair of complements
+    weight[5] = -weight[5]  # nearly all -1
+    if not all_sparse:
+        weight[2] = _signs(rng, weight[2].shape)
+        weight[3] = -weight[2]
+        weight[6] = _signs(rng, weight[6].shape)  # the lone last channel
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    dot = _torch_dot(np.where(x < 0, -1, 1).astype(np.int8), weight, (1, 1), pad, (1, 1))
+    data = _bconv_graph(cin, h, w, weight, (k, (1, 1), pad, (1, 1)), BOUT_DOT)
+    for isa in ISAS:
+        assert np.array_equal(_trace(data, x, isa)[2][1].astype(np.int64), dot), isa
+
+
 @pytest.mark.parametrize("cin,cout,size", [(2600, 5, 3), (1024, 7, 4), (129, 3, 20)])
 def test_long_dot_products_do_not_overflow_byte_counters(cin, cout, size):
     """Hundreds of 256-bit vectors per output: the AVX2 byte counters must be widened in time."""

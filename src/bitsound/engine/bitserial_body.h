@@ -43,27 +43,46 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         CSA(eightsB, fours, fours, foursA, foursB);                                               \
         CSA(out, eights, eights, eightsA, eightsB);                                               \
     } while (0)
-#define RIPPLE(from)                                                                              \
-    for (int l = (from); l < np; l++) {                                                          \
+/* a carry of weight 32 into thirtytwos, then of weight 64 on into the planes in memory */
+#define RIPPLE64()                                                                                \
+    for (int l = 1; l < np; l++) {                                                               \
         __m256i h = high[l];                                                                      \
         high[l] = _mm256_xor_si256(h, carry);                                                     \
         carry = _mm256_and_si256(h, carry);                                                       \
     }
+#define RIPPLE32()                                                                                \
+    do {                                                                                          \
+        t = _mm256_and_si256(thirtytwos, carry);                                                  \
+        thirtytwos = _mm256_xor_si256(thirtytwos, carry);                                         \
+        carry = t;                                                                                \
+        RIPPLE64();                                                                               \
+    } while (0)
 #define ADD_ROWS()                                                                                \
     do {                                                                                          \
         i = 0;                                                                                    \
-        /* 32 rows per step: the weight-32 carry ripples into the high planes once per step */     \
-        for (; i + 32 <= m; i += 32) {                                                             \
+        /* 64 rows per step: the weight-64 carry ripples into the planes in memory once a step */ \
+        for (; i + 64 <= m; i += 64) {                                                             \
+            HS16(sixteensA, 0);                                                                    \
+            HS16(sixteensB, 16);                                                                   \
+            CSA(thirtytwosA, sixteens, sixteens, sixteensA, sixteensB);                            \
+            HS16(sixteensA, 32);                                                                   \
+            HS16(sixteensB, 48);                                                                   \
+            CSA(thirtytwosB, sixteens, sixteens, sixteensA, sixteensB);                            \
+            CSA(carry, thirtytwos, thirtytwos, thirtytwosA, thirtytwosB);                          \
+            RIPPLE64();                                                                            \
+        }                                                                                          \
+        if (i + 32 <= m) {                                                                         \
             HS16(sixteensA, 0);                                                                    \
             HS16(sixteensB, 16);                                                                   \
             CSA(carry, sixteens, sixteens, sixteensA, sixteensB);                                  \
-            RIPPLE(0);                                                                             \
+            RIPPLE32();                                                                            \
+            i += 32;                                                                               \
         }                                                                                          \
         if (i + 16 <= m) {                                                                         \
             HS16(sixteensA, 0);                                                                    \
             carry = _mm256_and_si256(sixteens, sixteensA);                                         \
             sixteens = _mm256_xor_si256(sixteens, sixteensA);                                      \
-            RIPPLE(0);                                                                             \
+            RIPPLE32();                                                                            \
             i += 16;                                                                               \
         }                                                                                          \
         for (; i < m; i++) {                                                                       \
@@ -74,7 +93,7 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
             t = _mm256_and_si256(eights, carry); eights = _mm256_xor_si256(eights, carry); carry = t; \
             t = _mm256_and_si256(sixteens, carry); sixteens = _mm256_xor_si256(sixteens, carry); carry = t; \
             if (!_mm256_testz_si256(carry, carry)) {                                               \
-                RIPPLE(0);                                                                         \
+                RIPPLE32();                                                                        \
             }                                                                                      \
         }                                                                                          \
     } while (0)
@@ -83,21 +102,24 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         const uint32_t *seg = bs->start + 3 * (o / 2);
         const uint16_t *idx;
         int m, i;
-        __m256i ones, twos, fours, eights, sixteens;
-        __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, carry, t;
+        __m256i ones, twos, fours, eights, sixteens, thirtytwos;
+        __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, thirtytwosA, thirtytwosB;
+        __m256i carry, t;
         if (o % 2 == 0) { /* first of a pair: start from zero and add the shared rows */
-            ones = twos = fours = eights = sixteens = _mm256_setzero_si256();
+            ones = twos = fours = eights = sixteens = thirtytwos = _mm256_setzero_si256();
             for (int l = 0; l < np; l++) high[l] = _mm256_setzero_si256();
             idx = bs->idx + seg[0];
             m = (int)(seg[1] - seg[0]);
             ADD_ROWS();
             if (o + 1 < cout) {
                 saved[0] = ones, saved[1] = twos, saved[2] = fours, saved[3] = eights, saved[4] = sixteens;
-                for (int l = 0; l < np; l++) saved[5 + l] = high[l];
+                saved[5] = thirtytwos; /* high[0] stays unused while counting */
+                for (int l = 1; l < np; l++) saved[5 + l] = high[l];
             }
         } else { /* second of a pair: continue from the shared sum */
             ones = saved[0], twos = saved[1], fours = saved[2], eights = saved[3], sixteens = saved[4];
-            for (int l = 0; l < np; l++) high[l] = saved[5 + l];
+            thirtytwos = saved[5];
+            for (int l = 1; l < np; l++) high[l] = saved[5 + l];
         }
         const int own = 1 + o % 2;
         idx = bs->idx + seg[own];
@@ -105,13 +127,15 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         ADD_ROWS();
 #undef LD
 #undef HS16
-#undef RIPPLE
+#undef RIPPLE32
+#undef RIPPLE64
 #undef ADD_ROWS
         hp[0] = ones;
         hp[1] = twos;
         hp[2] = fours;
         hp[3] = eights;
         hp[4] = sixteens;
+        if (np > 0) high[0] = thirtytwos; /* zero when counts stay below 32 (np == 0) */
         planes_to_counts(hp, L, cnt + (size_t)(o % 8) * BS_PIXEL_BLOCK);
         if (o % 8 == 7 || o == cout - 1) store_block(cnt, o - o % 8, o % 8 + 1, n, bs, xpop, pop, cout);
     }
