@@ -11,8 +11,8 @@ Prints three tables:
 2. binary conv layers against ``torch.nn.functional.conv2d`` of the same shape: the 256->256
    3x3 conv on 32x32 (the issue's target: >= 15x, ceiling near 18x with AVX-512 VPOPCNTDQ) and
    an audio-shaped 64->64 3x3 conv on 40x100, with binary MACs/s and the fraction of the peak;
-3. whole models per 1-second clip (random weights: speed does not depend on them): the
-   thesis-xnor recipe (seed 000, thesis_xnor1 on 32x32 binary images) and a binary digits model
+3. whole models per 1-second clip (random weights; speed hardly depends on them): the
+   thesis-xnor recipe (seed 000's XNOR-Net on 32x32 binary images) and a binary digits model
    (the digits-xnor recipe if shipped, else digits-cnn's front end with a bcnn2d XNOR net), with
    and without the front end.
 
