@@ -4,11 +4,13 @@
  * transpose_patches, planes_to_counts, store_block and a64. */
 /* Bit-serial popcounts for a block of up to 256 output pixels. The patches are transposed so
  * that row b of xt holds bit b of all 256 patches; for output channel o only the rows listed in
- * the plan are summed (the smaller of w's 0 and 1 sets, at most half of K), per pixel, with a
- * Harley-Seal carry-save tree over 16 rows at a time into bit-sliced counters. Then
+ * the plan are summed (w's 0 or 1 positions), per pixel, with a Harley-Seal carry-save tree over
+ * 16 rows at a time into bit-sliced counters; a channel pair sums the rows both list once and
+ * each channel continues from that partial sum (bs_bitserial in bsnn.h). Then
  * popcount(x xor w) = n1 + X - 2 C1 (listed w = 1) or n1 - X + 2 C0 (listed w = 0), X being the
- * patch's popcount. Per 256 pixels x K bits this costs about K/2 * 5.6 vector operations, where
- * the word-parallel kernel spends about K/256 * 7.3 per pixel, i.e. K * 7.3: a third. */
+ * patch's popcount. Per 256 pixels x K bits a channel costs about 3K/8 * 5.6 vector operations
+ * (a pair lists about 3K/4 rows), where the word-parallel kernel spends about K/256 * 7.3 per
+ * pixel, i.e. K * 7.3: about a quarter. */
 BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work) {
     const bs_bitserial *bs = op->bser;
     const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes, np = L - 5;
