@@ -287,13 +287,14 @@ T_AVX2 static void store_block(const int32_t *cnt, int o0, int nb, int n, const 
 
 /* ---- bit-serial kernels: one body (bitserial_body.h), three full adders ---- */
 
-/* AVX2: the full adder in five logic operations */
-#define CSA(h, l, a, b, c)                                                                        \
+/* AVX2: the full adder in five logic operations (also used by the peak microbenchmark) */
+#define CSA_AVX2(h, l, a, b, c)                                                                   \
     do {                                                                                          \
         __m256i u_ = _mm256_xor_si256(a, b);                                                      \
         h = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u_, c));                    \
         l = _mm256_xor_si256(u_, c);                                                              \
     } while (0)
+#define CSA CSA_AVX2
 #define BITSERIAL_NAME bs_bitserial_avx2
 #define BITSERIAL_ATTR T_AVX2
 #include "bitserial_body.h"
@@ -344,12 +345,7 @@ T_AVX2 static inline __m256i ternlog_emu(__m256i a, __m256i b, __m256i c, int im
 #undef BITSERIAL_ATTR
 #undef CSA
 
-#define CSA(h, l, a, b, c)                                                                        \
-    do {                                                                                          \
-        __m256i u_ = _mm256_xor_si256(a, b);                                                      \
-        h = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u_, c));                    \
-        l = _mm256_xor_si256(u_, c);                                                              \
-    } while (0)
+#define CSA CSA_AVX2 /* the AVX2 full adder again, for the peak microbenchmark */
 /* sign bits of 8 floats at a time: movemask of (x < 0); NaN compares false -> bit 0 (+1) */
 T_AVX2 void bs_pack_avx2(const float *x, size_t npix, int c, uint64_t *bits) {
     int nw = (c + 63) / 64;
