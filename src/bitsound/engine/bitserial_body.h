@@ -5,8 +5,10 @@
 /* Bit-serial popcounts for a block of up to 256 output pixels. The patches are transposed so
  * that row b of xt holds bit b of all 256 patches; for output channel o only the rows listed in
  * the plan are summed (w's 0 or 1 positions), per pixel, with a Harley-Seal carry-save tree over
- * 16 rows at a time into bit-sliced counters; a channel pair sums the rows both list once and
- * each channel continues from that partial sum (bs_bitserial in bsnn.h). Then
+ * up to 64 rows at a time into bit-sliced counters; a channel pair sums the rows both list once
+ * and each channel adds that sum to its own (bs_bitserial in bsnn.h). The rows go by in chunks of
+ * up to 768 (24 KB, L1-resident) through all channels, each segment's counters kept between
+ * chunks. Then
  * popcount(x xor w) = n1 + X - 2 C1 (listed w = 1) or n1 - X + 2 C0 (listed w = 0), X being the
  * patch's popcount. Per 256 pixels x K bits a channel costs about 3K/8 * 5.6 vector operations
  * (a pair lists about 3K/4 rows), where the word-parallel kernel spends about K/256 * 7.3 per
@@ -15,35 +17,35 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
     const bs_bitserial *bs = op->bser;
     const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes, np = L - 5;
     uint64_t *xt = (uint64_t *)work;
-    int32_t *xpop = (int32_t *)((char *)work + a64((size_t)kw4 * 64 * 32));
+    int32_t *xpop = (int32_t *)((char *)work + a64(BS_XT_BYTES(kw4)));
     __m256i *hp = (__m256i *)((char *)xpop + a64(BS_PIXEL_BLOCK * 4));
     int32_t *cnt = (int32_t *)((char *)hp + a64((size_t)L * 32)); /* [8][256]: a block of 8 channels */
-    __m256i *high = hp + 5; /* planes of weight 32, 64, ... */
     transpose_patches(patches, n, kw4, xt);
+    _mm256_store_si256((__m256i *)(xt + (size_t)kw4 * 64 * 4), _mm256_setzero_si256()); /* the zero row */
     for (int p = 0; p < n; p++) {
         const uint64_t *x = patches + (size_t)p * kw4;
         int64_t c = 0;
         for (int j = 0; j < kw4; j++) c += (int64_t)_mm_popcnt_u64(x[j]);
         xpop[p] = (int32_t)c;
     }
-#define LD(k) _mm256_load_si256((const __m256i *)(xt + (size_t)idx[i + (k)] * 4))
+#define LD(k) _mm256_load_si256((const __m256i *)((const char *)xt + (size_t)ip[k] * 8))
 #define HS16(out, k)                                                                              \
     do {                                                                                          \
-        CSA(twosA, ones, ones, LD(k + 0), LD(k + 1));                                             \
-        CSA(twosB, ones, ones, LD(k + 2), LD(k + 3));                                             \
-        CSA(foursA, twos, twos, twosA, twosB);                                                    \
-        CSA(twosA, ones, ones, LD(k + 4), LD(k + 5));                                             \
-        CSA(twosB, ones, ones, LD(k + 6), LD(k + 7));                                             \
-        CSA(foursB, twos, twos, twosA, twosB);                                                    \
-        CSA(eightsA, fours, fours, foursA, foursB);                                               \
-        CSA(twosA, ones, ones, LD(k + 8), LD(k + 9));                                             \
-        CSA(twosB, ones, ones, LD(k + 10), LD(k + 11));                                           \
-        CSA(foursA, twos, twos, twosA, twosB);                                                    \
-        CSA(twosA, ones, ones, LD(k + 12), LD(k + 13));                                           \
-        CSA(twosB, ones, ones, LD(k + 14), LD(k + 15));                                           \
-        CSA(foursB, twos, twos, twosA, twosB);                                                    \
-        CSA(eightsB, fours, fours, foursA, foursB);                                               \
-        CSA(out, eights, eights, eightsA, eightsB);                                               \
+        CSA(twosA, ones, LD(k + 0), LD(k + 1), ones);                                             \
+        CSA(twosB, ones, LD(k + 2), LD(k + 3), ones);                                             \
+        CSA(foursA, twos, twosA, twosB, twos);                                                    \
+        CSA(twosA, ones, LD(k + 4), LD(k + 5), ones);                                             \
+        CSA(twosB, ones, LD(k + 6), LD(k + 7), ones);                                             \
+        CSA(foursB, twos, twosA, twosB, twos);                                                    \
+        CSA(eightsA, fours, foursA, foursB, fours);                                               \
+        CSA(twosA, ones, LD(k + 8), LD(k + 9), ones);                                             \
+        CSA(twosB, ones, LD(k + 10), LD(k + 11), ones);                                           \
+        CSA(foursA, twos, twosA, twosB, twos);                                                    \
+        CSA(twosA, ones, LD(k + 12), LD(k + 13), ones);                                           \
+        CSA(twosB, ones, LD(k + 14), LD(k + 15), ones);                                           \
+        CSA(foursB, twos, twosA, twosB, twos);                                                    \
+        CSA(eightsB, fours, foursA, foursB, fours);                                               \
+        CSA(out, eights, eightsA, eightsB, eights);                                               \
     } while (0)
 /* a carry of weight 32 into thirtytwos, then of weight 64 on into the planes in memory */
 #define RIPPLE64()                                                                                \
@@ -64,23 +66,26 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         i = 0;                                                                                    \
         /* 64 rows per step: the weight-64 carry ripples into the planes in memory once a step */ \
         for (; i + 64 <= m; i += 64) {                                                             \
+            ip = idx + i;                                                                          \
             HS16(sixteensA, 0);                                                                    \
             HS16(sixteensB, 16);                                                                   \
-            CSA(thirtytwosA, sixteens, sixteens, sixteensA, sixteensB);                            \
+            CSA(thirtytwosA, sixteens, sixteensA, sixteensB, sixteens);                            \
             HS16(sixteensA, 32);                                                                   \
             HS16(sixteensB, 48);                                                                   \
-            CSA(thirtytwosB, sixteens, sixteens, sixteensA, sixteensB);                            \
-            CSA(carry, thirtytwos, thirtytwos, thirtytwosA, thirtytwosB);                          \
+            CSA(thirtytwosB, sixteens, sixteensA, sixteensB, sixteens);                            \
+            CSA(carry, thirtytwos, thirtytwosA, thirtytwosB, thirtytwos);                          \
             RIPPLE64();                                                                            \
         }                                                                                          \
         if (i + 32 <= m) {                                                                         \
+            ip = idx + i;                                                                          \
             HS16(sixteensA, 0);                                                                    \
             HS16(sixteensB, 16);                                                                   \
-            CSA(carry, sixteens, sixteens, sixteensA, sixteensB);                                  \
+            CSA(carry, sixteens, sixteensA, sixteensB, sixteens);                                  \
             RIPPLE32();                                                                            \
             i += 32;                                                                               \
         }                                                                                          \
         if (i + 16 <= m) {                                                                         \
+            ip = idx + i;                                                                          \
             HS16(sixteensA, 0);                                                                    \
             carry = _mm256_and_si256(sixteens, sixteensA);                                         \
             sixteens = _mm256_xor_si256(sixteens, sixteensA);                                      \
@@ -88,6 +93,7 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
             i += 16;                                                                               \
         }                                                                                          \
         for (; i < m; i++) {                                                                       \
+            ip = idx + i;                                                                          \
             carry = LD(0);                                                                         \
             t = _mm256_and_si256(ones, carry); ones = _mm256_xor_si256(ones, carry); carry = t;    \
             t = _mm256_and_si256(twos, carry); twos = _mm256_xor_si256(twos, carry); carry = t;    \
@@ -99,47 +105,47 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
             }                                                                                      \
         }                                                                                          \
     } while (0)
-    __m256i *saved = (__m256i *)((char *)cnt + a64(8 * BS_PIXEL_BLOCK * 4)); /* a pair's shared sum */
-    for (int o = 0; o < cout; o++) {
-        const uint32_t *seg = bs->start + 3 * (o / 2);
-        const uint16_t *idx;
-        int m, i;
-        __m256i ones, twos, fours, eights, sixteens, thirtytwos;
-        __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, thirtytwosA, thirtytwosB;
-        __m256i carry, t;
-        if (o % 2 == 0) { /* first of a pair: start from zero and add the shared rows */
-            ones = twos = fours = eights = sixteens = thirtytwos = _mm256_setzero_si256();
-            for (int l = 0; l < np; l++) high[l] = _mm256_setzero_si256();
-            idx = bs->idx + seg[0];
-            m = (int)(seg[1] - seg[0]);
-            ADD_ROWS();
-            if (o + 1 < cout) {
-                saved[0] = ones, saved[1] = twos, saved[2] = fours, saved[3] = eights, saved[4] = sixteens;
-                saved[5] = thirtytwos; /* high[0] stays unused while counting */
-                for (int l = 1; l < np; l++) saved[5 + l] = high[l];
+    /* the count planes of every segment of every pair, carried from chunk to chunk */
+    __m256i *state = (__m256i *)((char *)cnt + a64(8 * BS_PIXEL_BLOCK * 4));
+    const int npairs = (cout + 1) / 2, stride = L + 1;
+    for (int c = 0; c < bs->nchunks; c++) {
+        const uint32_t *seg = bs->start + (size_t)3 * npairs * c;
+        for (int s = 0; s < 3 * npairs; s++) {
+            __m256i *st = state + (size_t)s * stride;
+            const uint16_t *idx = bs->idx + seg[s], *ip;
+            const int m = (int)(seg[s + 1] - seg[s]);
+            int i;
+            __m256i ones, twos, fours, eights, sixteens, thirtytwos;
+            __m256i twosA, twosB, foursA, foursB, eightsA, eightsB, sixteensA, sixteensB, thirtytwosA, thirtytwosB;
+            __m256i carry, t;
+            __m256i *high = st + 5; /* planes of weight 32 (high[0], in thirtytwos meanwhile), 64, ... */
+            if (c == 0) {
+                ones = twos = fours = eights = sixteens = thirtytwos = _mm256_setzero_si256();
+                for (int l = 1; l < np; l++) high[l] = _mm256_setzero_si256();
+            } else {
+                if (m == 0) continue;
+                ones = st[0], twos = st[1], fours = st[2], eights = st[3], sixteens = st[4], thirtytwos = st[5];
             }
-        } else { /* second of a pair: continue from the shared sum */
-            ones = saved[0], twos = saved[1], fours = saved[2], eights = saved[3], sixteens = saved[4];
-            thirtytwos = saved[5];
-            for (int l = 1; l < np; l++) high[l] = saved[5 + l];
+            ADD_ROWS();
+            st[0] = ones, st[1] = twos, st[2] = fours, st[3] = eights, st[4] = sixteens, st[5] = thirtytwos;
         }
-        const int own = 1 + o % 2;
-        idx = bs->idx + seg[own];
-        m = (int)(seg[own + 1] - seg[own]);
-        ADD_ROWS();
+    }
 #undef LD
 #undef HS16
 #undef RIPPLE32
 #undef RIPPLE64
 #undef ADD_ROWS
-        hp[0] = ones;
-        hp[1] = twos;
-        hp[2] = fours;
-        hp[3] = eights;
-        hp[4] = sixteens;
-        if (np > 0) high[0] = thirtytwos; /* zero when counts stay below 32 (np == 0) */
+    /* channel 2q + k (k = 0, 1) counts segment 3q (shared) plus segment 3q + 1 + k (its own):
+     * a ripple-carry add of the two plane stacks (no carry leaves the top plane) */
+    for (int o = 0; o < cout; o++) {
+        const __m256i *sh = state + (size_t)3 * (o / 2) * stride, *own = sh + (size_t)(1 + o % 2) * stride;
+        __m256i carry = _mm256_setzero_si256();
+        for (int l = 0; l < L; l++) {
+            __m256i u = _mm256_xor_si256(sh[l], own[l]);
+            hp[l] = _mm256_xor_si256(u, carry);
+            carry = _mm256_or_si256(_mm256_and_si256(sh[l], own[l]), _mm256_and_si256(u, carry));
+        }
         planes_to_counts(hp, L, cnt + (size_t)(o % 8) * BS_PIXEL_BLOCK);
         if (o % 8 == 7 || o == cout - 1) store_block(cnt, o - o % 8, o % 8 + 1, n, bs, xpop, pop, cout);
     }
 }
-

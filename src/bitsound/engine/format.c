@@ -574,18 +574,23 @@ static uint64_t listed_word(const uint64_t *wa, const uint64_t *wb, int sa, int 
 }
 
 /* the bit-serial plan of a binary conv (see bs_bitserial in bsnn.h); BS_OK, BS_ERR_NOMEM, or
- * BS_ERR_RANGE for kernels beyond 65535 bits or plans beyond BS_MAX_PLAN_ENTRIES.
+ * BS_ERR_RANGE for kernels of 16384 bits or more or plans beyond BS_MAX_PLAN_ENTRIES.
  * Channels go in pairs (a, b): each lists its w = 1 or its w = 0 positions, the pair of choices
- * that lists the fewest positions in all, and the positions both list are stored once. */
+ * that lists the fewest positions in all, and the positions both list are stored once. The
+ * positions are stored chunk by chunk (equal chunks of at most BS_CHUNK_WORDS words of the
+ * kernel), every pair's three segments within a chunk. */
 int bs_bitserial_build(bs_op *op) {
     size_t taps = (size_t)op->g.kh * op->g.kw, kbits = taps * (size_t)op->cin;
-    if (kbits > 65535) return BS_ERR_RANGE;
+    if (BS_ROW_OFFSET((size_t)op->kwords * 64) > 65535) return BS_ERR_RANGE; /* the zero row's offset */
     bs_bitserial *b = calloc(1, sizeof *b);
     if (!b) return BS_ERR_NOMEM;
     op->bser = b;
     const int32_t cout = op->cout, npairs = (cout + 1) / 2;
-    const size_t kw = (size_t)op->kwords;
-    b->start = malloc(sizeof(uint32_t) * (3 * (size_t)npairs + 1));
+    /* chunks of equal size, none over BS_CHUNK_WORDS words */
+    const size_t kw = (size_t)op->kwords, nchunks = (kw + BS_CHUNK_WORDS - 1) / BS_CHUNK_WORDS;
+    const size_t chunk_words = (kw + nchunks - 1) / nchunks;
+    b->nchunks = (int32_t)nchunks;
+    b->start = malloc(sizeof(uint32_t) * (3 * (size_t)npairs * nchunks + 1));
     b->sel = malloc((size_t)cout);
     b->n1 = malloc(sizeof(int32_t) * (size_t)cout);
     if (!b->start || !b->sel || !b->n1) return BS_ERR_NOMEM;
@@ -594,50 +599,53 @@ int bs_bitserial_build(bs_op *op) {
         for (size_t j = 0; j < kw; j++) n1 += (size_t)__builtin_popcountll(op->wbits[o * kw + j]);
         b->n1[o] = (int32_t)n1;
     }
-    /* pass 0 chooses the polarities and counts the positions, pass 1 writes them */
+    /* polarities: the choice that lists the fewest positions; most: the largest count a channel sums */
     size_t total = 0, most = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        total = 0;
+    for (int32_t q = 0; q < npairs; q++) {
+        const int32_t oa = 2 * q, ob = oa + 1;
+        const uint64_t *wa = op->wbits + (size_t)oa * kw, *wb = ob < cout ? wa + kw : NULL;
+        size_t best = (size_t)-1, pair_most = 0;
+        for (int sa = 0; sa < 2; sa++)
+            for (int sb = 0; sb < (wb ? 2 : 1); sb++) {
+                size_t seg[3] = {0, 0, 0};
+                for (size_t j = 0; j < kw; j++)
+                    for (int kind = 0; kind < 3; kind++)
+                        seg[kind] += (size_t)__builtin_popcountll(listed_word(wa, wb, sa, sb, j, kbits, kind));
+                if (seg[0] + seg[1] + seg[2] < best) {
+                    best = seg[0] + seg[1] + seg[2];
+                    b->sel[oa] = (uint8_t)sa;
+                    if (wb) b->sel[ob] = (uint8_t)sb;
+                    pair_most = seg[0] + (seg[1] > seg[2] ? seg[1] : seg[2]);
+                }
+            }
+        total += best;
+        if (pair_most > most) most = pair_most;
+    }
+    total += (size_t)BS_PAD_ROWS * 3 * (size_t)npairs * nchunks; /* room for the padding */
+    if (total > BS_MAX_PLAN_ENTRIES) return BS_ERR_RANGE; /* too big to be worth it */
+    b->idx = malloc(sizeof(uint16_t) * total);
+    if (!b->idx) return BS_ERR_NOMEM;
+    total = 0;
+    for (size_t c = 0; c < nchunks; c++) {
+        const size_t j_end = (c + 1) * chunk_words < kw ? (c + 1) * chunk_words : kw;
         for (int32_t q = 0; q < npairs; q++) {
             const int32_t oa = 2 * q, ob = oa + 1;
             const uint64_t *wa = op->wbits + (size_t)oa * kw, *wb = ob < cout ? wa + kw : NULL;
-            if (pass == 0) {
-                size_t best = (size_t)-1;
-                for (int sa = 0; sa < 2; sa++)
-                    for (int sb = 0; sb < (wb ? 2 : 1); sb++) {
-                        size_t n = 0;
-                        for (size_t j = 0; j < kw; j++)
-                            for (int kind = 0; kind < 3; kind++)
-                                n += (size_t)__builtin_popcountll(listed_word(wa, wb, sa, sb, j, kbits, kind));
-                        if (n < best) {
-                            best = n;
-                            b->sel[oa] = (uint8_t)sa;
-                            if (wb) b->sel[ob] = (uint8_t)sb;
-                        }
-                    }
-            }
             const int sa = b->sel[oa], sb = wb ? b->sel[ob] : 0;
-            size_t seg[3] = {0, 0, 0};
             for (int kind = 0; kind < 3; kind++) {
-                if (pass) b->start[3 * q + kind] = (uint32_t)total;
-                for (size_t j = 0; j < kw; j++) {
-                    uint64_t word = listed_word(wa, wb, sa, sb, j, kbits, kind);
-                    seg[kind] += (size_t)__builtin_popcountll(word);
-                    if (pass)
-                        for (; word; word &= word - 1) b->idx[total++] = (uint16_t)(j * 64 + (size_t)__builtin_ctzll(word));
-                }
-                if (!pass) total += seg[kind];
+                const size_t first = total;
+                b->start[(c * (size_t)npairs + (size_t)q) * 3 + (size_t)kind] = (uint32_t)total;
+                for (size_t j = c * chunk_words; j < j_end; j++)
+                    for (uint64_t word = listed_word(wa, wb, sa, sb, j, kbits, kind); word; word &= word - 1)
+                        b->idx[total++] = (uint16_t)(BS_ROW_OFFSET(j * 64 + (size_t)__builtin_ctzll(word)));
+                /* a tail of 4 or more rows is padded with the zero row to a whole step of 16 */
+                const size_t tail = (total - first) % (BS_PAD_ROWS + 1);
+                if (tail >= 4)
+                    for (size_t r = tail; r <= BS_PAD_ROWS; r++) b->idx[total++] = (uint16_t)BS_ROW_OFFSET(kw * 64);
             }
-            if (seg[0] + seg[1] > most) most = seg[0] + seg[1];
-            if (seg[0] + seg[2] > most) most = seg[0] + seg[2];
-        }
-        if (pass == 0) {
-            if (total > BS_MAX_PLAN_ENTRIES) return BS_ERR_RANGE; /* too big to be worth it */
-            b->idx = malloc(sizeof(uint16_t) * (total ? total : 1));
-            if (!b->idx) return BS_ERR_NOMEM;
         }
     }
-    b->start[3 * (size_t)npairs] = (uint32_t)total;
+    b->start[3 * (size_t)npairs * nchunks] = (uint32_t)total;
     int bits = 1;
     while (((size_t)1 << bits) <= most) bits++;
     b->nplanes = bits < 5 ? 5 : bits;

@@ -92,7 +92,7 @@ static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
 /* add the listed rows of xt to the bit-sliced per-pixel counters (ripple carry) */
 static void add_rows(uint64_t *planes, int L, const uint64_t *xt, const uint16_t *idx, uint32_t m) {
     for (uint32_t i = 0; i < m; i++) {
-        const uint64_t *v = xt + (size_t)idx[i] * 4;
+        const uint64_t *v = xt + idx[i]; /* BS_ROW_OFFSET: 4 words a row */
         for (int q = 0; q < 4; q++) {
             uint64_t carry = v[q];
             for (int l = 0; l < L && carry; l++) {
@@ -105,34 +105,36 @@ static void add_rows(uint64_t *planes, int L, const uint64_t *xt, const uint16_t
 }
 
 /* pop[p][o] = popcount(patch_p xor w_o) = n1 + X - 2 C1 (listed w = 1) or n1 - X + 2 C0 (w = 0),
- * C counted per pixel with a ripple-carry bit-sliced counter over the listed rows of xt; a pair's
- * shared rows are counted once (bs_bitserial in bsnn.h) */
+ * C counted per pixel with a ripple-carry bit-sliced counter over the listed rows of xt: one
+ * counter per segment, summed chunk by chunk; a channel's C is its pair's shared count plus its
+ * own (bs_bitserial in bsnn.h) */
 void bs_bitserial_scalar(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work) {
     const bs_bitserial *bs = op->bser;
-    const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes;
+    const int kw4 = op->kwords, cout = op->cout, L = bs->nplanes, npairs = (cout + 1) / 2;
+    const size_t stride = (size_t)(L + 1) * 4; /* words per segment counter, as the AVX2 kernel */
     uint64_t *xt = (uint64_t *)work;
-    int32_t *xpop = (int32_t *)((char *)work + a64((size_t)kw4 * 64 * 32));
-    uint64_t *planes = (uint64_t *)((char *)xpop + a64(BS_PIXEL_BLOCK * 4));
-    uint64_t *shared = (uint64_t *)((char *)planes + a64((size_t)L * 32) + a64(8 * BS_PIXEL_BLOCK * 4));
+    int32_t *xpop = (int32_t *)((char *)work + a64(BS_XT_BYTES(kw4)));
+    uint64_t *state = (uint64_t *)((char *)xpop + a64(BS_PIXEL_BLOCK * 4) + a64((size_t)L * 32) +
+                                   a64(8 * BS_PIXEL_BLOCK * 4));
     bs_transpose_patches(patches, n, kw4, xt);
+    memset(xt + (size_t)kw4 * 64 * 4, 0, 32); /* the zero row */
     for (int p = 0; p < n; p++) {
         int32_t c = 0;
         for (int j = 0; j < kw4; j++) c += __builtin_popcountll(patches[(size_t)p * kw4 + j]);
         xpop[p] = c;
     }
+    memset(state, 0, (size_t)3 * npairs * stride * 8);
+    for (int c = 0; c < bs->nchunks; c++) {
+        const uint32_t *seg = bs->start + (size_t)3 * npairs * c;
+        for (int s = 0; s < 3 * npairs; s++) add_rows(state + s * stride, L, xt, bs->idx + seg[s], seg[s + 1] - seg[s]);
+    }
     for (int o = 0; o < cout; o++) {
-        const uint32_t *seg = bs->start + 3 * (o / 2);
-        if (o % 2 == 0) {
-            memset(shared, 0, (size_t)L * 32);
-            add_rows(shared, L, xt, bs->idx + seg[0], seg[1] - seg[0]);
-        }
-        memcpy(planes, shared, (size_t)L * 32);
-        const int own = 1 + o % 2;
-        add_rows(planes, L, xt, bs->idx + seg[own], seg[own + 1] - seg[own]);
+        const uint64_t *sh = state + (size_t)3 * (o / 2) * stride, *own = sh + (size_t)(1 + o % 2) * stride;
         const int32_t n1 = bs->n1[o], sel = bs->sel[o];
         for (int p = 0; p < n; p++) {
             int32_t c = 0;
-            for (int l = L - 1; l >= 0; l--) c = 2 * c + (int32_t)((planes[l * 4 + p / 64] >> (p % 64)) & 1);
+            for (int l = L - 1; l >= 0; l--)
+                c = 2 * c + (int32_t)((sh[l * 4 + p / 64] >> (p % 64)) & 1) + (int32_t)((own[l * 4 + p / 64] >> (p % 64)) & 1);
             pop[(size_t)p * cout + o] = sel ? n1 + xpop[p] - 2 * c : n1 - xpop[p] + 2 * c;
         }
     }

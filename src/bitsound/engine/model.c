@@ -236,11 +236,12 @@ static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
 
 size_t bs_bitserial_work_bytes(const bs_op *op) {
     if (!op->bser) return 0;
-    /* transposed patches [kwords * 64][256 pixel bits], patch popcounts, count planes, counts of
-     * 8 channels, and the count planes of a pair's shared rows (one more: the AVX2 kernel keeps
-     * the weight-32 plane apart, even when counts stay below 32) */
-    return a64((size_t)op->kwords * 64 * 32) + a64(BS_PIXEL_BLOCK * 4) + a64((size_t)op->bser->nplanes * 32) +
-           a64(8 * BS_PIXEL_BLOCK * 4) + a64(((size_t)op->bser->nplanes + 1) * 32);
+    /* transposed patches [kwords * 64 + 1][256 pixel bits], patch popcounts, count planes, counts of
+     * 8 channels, and the count planes of every pair's three segments while the chunks go by
+     * (one plane more: the AVX2 kernel keeps the weight-32 plane, even when counts stay below 32) */
+    const size_t npairs = ((size_t)op->cout + 1) / 2;
+    return a64(BS_XT_BYTES(op->kwords)) + a64(BS_PIXEL_BLOCK * 4) + a64((size_t)op->bser->nplanes * 32) +
+           a64(8 * BS_PIXEL_BLOCK * 4) + a64(3 * npairs * ((size_t)op->bser->nplanes + 1) * 32);
 }
 
 static size_t block_pixels(const bs_op *op) {
