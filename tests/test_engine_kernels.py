@@ -103,7 +103,8 @@ def test_binary_conv_matches_torch_on_every_isa(cin, cout, gi):
 
 
 # the bit-serial path runs for kernels of >= 128 bits over blocks of >= 128 output pixels (blocks of
-# 256: 20x20 = 256 + 144 pixels, both bit-serial; 17x17 = 256 + 33, the tail word-parallel)
+# 256: 20x20 = 256 + 144 pixels, both bit-serial; 17x17 = 256 + 33, the tail word-parallel); with
+# 3x3 kernels, cin >= 86 spans several chunks of the plan (768 positions each)
 BITSERIAL_CHANNELS = [(15, 3), (57, 1), (64, 31), (65, 33), (127, 64), (128, 65), (129, 129), (256, 8),
                       (300, 40)]
 BITSERIAL = [(cin, cout, hw, geom) for cin, cout in BITSERIAL_CHANNELS
