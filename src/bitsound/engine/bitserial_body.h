@@ -29,6 +29,7 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         xpop[p] = (int32_t)c;
     }
 #define LD(k) _mm256_load_si256((const __m256i *)((const char *)xt + (size_t)ip[k] * 8))
+/* the running counter goes into CSA last: a ^ b does not wait for it (a shorter dependency chain) */
 #define HS16(out, k)                                                                              \
     do {                                                                                          \
         CSA(twosA, ones, LD(k + 0), LD(k + 1), ones);                                             \
