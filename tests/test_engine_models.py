@@ -48,6 +48,7 @@ CASES = [
       for mode in ("xnor", "binarynet", "onebit") for sc in (True, False)],
     ("bcnn2d", {"channels": [32, 16, 8], "convs_per_stage": 2}, AUDIO_SHAPE),  # group-mean shortcuts
     ("bcnn2d", {"channels": [24, 16], "norm": "example", "floor_db": 30.0}, AUDIO_SHAPE),  # conv shortcut
+    ("bcnn2d", {"channels": [16, 33, 64], "learn_threshold": True}, AUDIO_SHAPE),  # affine before the sign
     ("cnn2d", {"channels": [8, 16]}, AUDIO_SHAPE),
 ]
 
@@ -63,6 +64,8 @@ def randomize(net: nn.Module, seed: int = 1) -> nn.Module:
                 m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
                 m.weight.copy_(torch.randn(c, generator=g))
                 m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+            if getattr(m, "move", None) is not None:  # bcnn2d's learned sign thresholds
+                m.move.copy_(torch.randn(m.move.shape, generator=g) * 0.5)
     return net.eval()
 
 

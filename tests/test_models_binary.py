@@ -257,6 +257,7 @@ BAD_PARAMS = [
     ("thesis_xnor1", {"bogus": 1}, "bogus"),
     ("bcnn2d", {"mode": "ternary"}, "mode"),
     ("bcnn2d", {"shortcut": "yes"}, "shortcut"),
+    ("bcnn2d", {"learn_threshold": 1}, "learn_threshold"),
     ("bcnn2d", {"channels": []}, "channels"),
     ("bcnn2d", {"convs_per_stage": 0}, "convs_per_stage"),
     ("bcnn2d", {"dropout": -0.1}, "dropout"),
@@ -276,3 +277,21 @@ def test_bad_params_name_the_param(name, params, needle):
 def test_bad_input_shape(name):
     with pytest.raises(ConfigError, match=r"\(channels, freq, time\)"):
         build_model(name, input_shape=(1, 16000), n_classes=2)
+
+
+def test_learned_threshold_moves_the_sign_not_the_stream():
+    """bcnn2d's learn_threshold: sign(x + move) feeds the conv, x itself the shortcut; move learns."""
+    from bitsound.models.binary_cnn import BinaryBlock
+    torch.manual_seed(0)
+    block = BinaryBlock(4, 4, mode="xnor", shortcut=True, learn_threshold=True).eval()
+    plain = BinaryBlock(4, 4, mode="xnor", shortcut=True).eval()
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if k != "move"})
+    x = torch.randn(2, 4, 5, 6)
+    assert torch.equal(block(x), plain(x))  # move starts at zero
+    with torch.no_grad():
+        block.move.fill_(100.0)  # every sign input positive: the conv sees all +1
+    assert torch.allclose(block(x) - x, plain(torch.full_like(x, 1.0)) - 1.0)
+    block.move.data.fill_(0.1)
+    block.train()(x).sum().backward()
+    assert block.move.grad is not None and block.move.grad.abs().sum() > 0
+

@@ -623,6 +623,9 @@ class _Lowering:
         """bcnn2d's ``BN(binconv(pre(x))) [+ shortcut(x)]``."""
         items = [(f"{name}.pre", blk.pre), (f"{name}.conv", blk.conv), (f"{name}.bn", blk.bn)]
         stream = self.x
+        if blk.move is not None:  # the learned sign threshold: x + move, then the sign
+            move = blk.move.detach().double().reshape(-1).numpy()
+            self.x = self.w.add_affine(self.x, np.ones_like(move), move, name=f"{name}.move")
         self.run(items)  # the float output: a sum follows, so no threshold
         sc, sc_name = blk.shortcut, f"{name}.shortcut"
         if sc.kind == "conv":

@@ -16,6 +16,8 @@ pooling after each stage, global average pooling, dropout, one linear classifier
   stream ``x`` (sum of batch-norm outputs) carries the information the sign discards (Liu et
   al. 2018); each block's batch-norm shift moves the next sign's threshold. With
   ``shortcut=False`` the batch-norm right before every sign learns its threshold.
+  ``learn_threshold=True`` gives each block a learned per-channel shift before its sign,
+  ``sign(x + move)`` (ReActNet's RSign), so the threshold moves without moving the stream.
   ``"onebit"`` layers (McDonnell 2018) keep float inputs, so there is no sign to give the block
   a nonlinearity: they get a ReLU before the convolution instead (pre-activation, as in
   McDonnell's ResNet).
@@ -38,6 +40,8 @@ References
   ECCV 2018.
 - K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
   (option A: zero-padding identity shortcuts).
+- Z. Liu, Z. Shen, M. Savvides, K.-T. Cheng, "ReActNet: Towards Precise Binary Neural Network
+  with Generalized Activation Functions", ECCV 2020 (RSign).
 - M. Rastegari et al., "XNOR-Net", ECCV 2016; M. Courbariaux et al., "Binarized Neural
   Networks", 2016; M. D. McDonnell, ICLR 2018 (seed 002).
 """
@@ -102,19 +106,22 @@ class BinaryBlock(nn.Module):
         ``"onebit"`` gets a ReLU before the convolution (its inputs are not binarized).
     shortcut : bool
         Add the real-valued :class:`ChannelShortcut` (Bi-Real Net).
+    learn_threshold : bool
+        Learn a per-channel shift ``move`` added to ``x`` before the sign (not to the shortcut).
 
     x : Tensor [shape=(batch, c_in, freq, time)] -> Tensor [shape=(batch, c_out, freq, time)]
     """
 
-    def __init__(self, c_in: int, c_out: int, *, mode: str, shortcut: bool):
+    def __init__(self, c_in: int, c_out: int, *, mode: str, shortcut: bool, learn_threshold: bool = False):
         super().__init__()
+        self.move = nn.Parameter(torch.zeros(1, c_in, 1, 1)) if learn_threshold else None
         self.pre = nn.ReLU() if mode == "onebit" else nn.Identity()
         self.conv = BinaryConv2d(c_in, c_out, 3, mode=mode, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.shortcut = ChannelShortcut(c_in, c_out) if shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(self.conv(self.pre(x)))
+        y = self.bn(self.conv(self.pre(x if self.move is None else x + self.move)))
         return y if self.shortcut is None else y + self.shortcut(x)
 
 
@@ -139,6 +146,8 @@ class BinaryCNN2d(nn.Module):
         Binarization of the hidden convolutions.
     shortcut : bool
         Bi-Real real-valued shortcuts around every binary convolution.
+    learn_threshold : bool
+        A learned per-channel shift before each block's sign (ReActNet's RSign).
 
     Shapes: x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)].
     """
@@ -146,7 +155,7 @@ class BinaryCNN2d(nn.Module):
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
                  dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
-                 mode: str = "xnor", shortcut: bool = True):
+                 mode: str = "xnor", shortcut: bool = True, learn_threshold: bool = False):
         super().__init__()
         c_in = check_input_shape("bcnn2d", input_shape)[0]
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -164,6 +173,8 @@ class BinaryCNN2d(nn.Module):
             raise ConfigError(f"model.params.mode must be one of {', '.join(BINARY_MODES)}, got {mode!r}")
         if not isinstance(shortcut, bool):
             raise ConfigError(f"model.params.shortcut must be true or false, got {shortcut!r}")
+        if not isinstance(learn_threshold, bool):
+            raise ConfigError(f"model.params.learn_threshold must be true or false, got {learn_threshold!r}")
         self.mode = mode
         layers: list[nn.Module] = [FeatureNorm(norm, floor_db=floor_db),
                                    nn.Conv2d(c_in, channels[0], 3, padding=1, bias=False),
@@ -173,7 +184,8 @@ class BinaryCNN2d(nn.Module):
             for i in range(convs_per_stage):
                 if stage == 0 and i == 0:
                     continue  # the float first convolution above
-                layers.append(BinaryBlock(c_prev, c_out, mode=mode, shortcut=shortcut))
+                layers.append(BinaryBlock(c_prev, c_out, mode=mode, shortcut=shortcut,
+                                          learn_threshold=learn_threshold))
                 c_prev = c_out
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
@@ -188,7 +200,8 @@ class BinaryCNN2d(nn.Module):
 @register_model("bcnn2d", description="binary twin of cnn2d: float first conv, binary convs, Bi-Real "
                                       "shortcuts")
 def bcnn2d(*, input_shape: tuple[int, ...], n_classes: int, **params: Any) -> nn.Module:
-    valid = ("channels", "convs_per_stage", "dropout", "norm", "floor_db", "mode", "shortcut")
+    valid = ("channels", "convs_per_stage", "dropout", "norm", "floor_db", "mode", "shortcut",
+             "learn_threshold")
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ConfigError(f"model 'bcnn2d': unknown model.params {unknown}; valid params: {', '.join(valid)}")
