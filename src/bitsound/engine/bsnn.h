@@ -89,9 +89,10 @@ typedef struct {
  * of its positions, the other two are empty). A kernel sums segment 3q once, then continues
  * from that partial sum with each channel's own segment: a quarter fewer rows than listing each
  * channel on its own when half of each channel's bits are listed.
- * The positions are split into chunks of up to BS_CHUNK_WORDS kernel words (64 positions each): a kernel
- * sums chunk by chunk over all pairs, so that the transposed patch rows it gathers from (32 bytes
- * each) stay in the L1 cache; the three segments of pair q in chunk c are 3 (c npairs + q) + 0..2. */
+ * The positions are split into chunks of up to BS_CHUNK_WORDS kernel words (64 positions
+ * each): a kernel sums chunk by chunk over all pairs, so that the transposed patch rows it
+ * gathers from (32 bytes each) stay in the L1 cache; the three segments of pair q in chunk c are
+ * 3 (c npairs + q) + 0..2. */
 typedef struct {
     uint32_t *start;   /* [3 * ceil(cout / 2) * nchunks + 1] segment offsets into idx */
     uint16_t *idx;     /* listed rows as BS_ROW_OFFSET(position), ascending within a segment,
@@ -102,8 +103,6 @@ typedef struct {
     int32_t nchunks;   /* ceil(kwords / BS_CHUNK_WORDS) chunks of equal size */
 } bs_bitserial;
 
-/* at most 768 positions a chunk: 24 KB of transposed rows. Measured on a Zen 3 (32 KB L1) for
- * the 256 -> 256 3x3 conv: 8 words 1.04 ms, 12 words 0.95 ms, 16 words 0.98 ms, unchunked 1.17 ms */
 /* at most 768 positions a chunk: 24 KB of transposed rows, in a 32 KB L1 with room for the plan.
  * Measured on a Zen 3 for the 256 -> 256 3x3 conv on 32x32 (K = 2304): 8 words 1.04 ms, 12 words
  * 0.95 ms, 16 words 0.98 ms, one chunk 1.17 ms */

@@ -798,7 +798,7 @@ int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, si
         size_t need_b = 0;
         if (op->type == BS_OP_BCONV2D) {
             size_t kbits = (size_t)op->g.kh * op->g.kw * op->cin;
-            if (kbits >= BS_BITSERIAL_MIN_BITS && kbits <= 65535 &&
+            if (kbits >= BS_BITSERIAL_MIN_BITS &&
                 (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS && bs_bitserial_build(op) != BS_OK) {
                 /* the plan only speeds things up: without one (too large, no memory) the op runs
                  * on the word-parallel kernels */
