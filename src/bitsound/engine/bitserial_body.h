@@ -30,22 +30,23 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
     }
 #define LD(k) _mm256_load_si256((const __m256i *)((const char *)xt + (size_t)ip[k] * 8))
 /* the running counter goes into CSA last: a ^ b does not wait for it (a shorter dependency chain) */
-#define HS16(out, k)                                                                              \
+/* out = the carries of weight 4 (HS4), 8 (HS8), 16 (HS16) from the next 4, 8, 16 rows */
+#define HS4(out, k)                                                                               \
     do {                                                                                          \
         CSA(twosA, ones, LD(k + 0), LD(k + 1), ones);                                             \
         CSA(twosB, ones, LD(k + 2), LD(k + 3), ones);                                             \
-        CSA(foursA, twos, twosA, twosB, twos);                                                    \
-        CSA(twosA, ones, LD(k + 4), LD(k + 5), ones);                                             \
-        CSA(twosB, ones, LD(k + 6), LD(k + 7), ones);                                             \
-        CSA(foursB, twos, twosA, twosB, twos);                                                    \
-        CSA(eightsA, fours, foursA, foursB, fours);                                               \
-        CSA(twosA, ones, LD(k + 8), LD(k + 9), ones);                                             \
-        CSA(twosB, ones, LD(k + 10), LD(k + 11), ones);                                           \
-        CSA(foursA, twos, twosA, twosB, twos);                                                    \
-        CSA(twosA, ones, LD(k + 12), LD(k + 13), ones);                                           \
-        CSA(twosB, ones, LD(k + 14), LD(k + 15), ones);                                           \
-        CSA(foursB, twos, twosA, twosB, twos);                                                    \
-        CSA(eightsB, fours, foursA, foursB, fours);                                               \
+        CSA(out, twos, twosA, twosB, twos);                                                       \
+    } while (0)
+#define HS8(out, k)                                                                               \
+    do {                                                                                          \
+        HS4(foursA, k);                                                                           \
+        HS4(foursB, k + 4);                                                                       \
+        CSA(out, fours, foursA, foursB, fours);                                                   \
+    } while (0)
+#define HS16(out, k)                                                                              \
+    do {                                                                                          \
+        HS8(eightsA, k);                                                                          \
+        HS8(eightsB, k + 8);                                                                      \
         CSA(out, eights, eightsA, eightsB, eights);                                               \
     } while (0)
 /* a carry of weight 32 into thirtytwos, then of weight 64 on into the planes in memory */
@@ -132,6 +133,8 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         }
     }
 #undef LD
+#undef HS4
+#undef HS8
 #undef HS16
 #undef RIPPLE32
 #undef RIPPLE64
