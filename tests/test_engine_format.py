@@ -51,6 +51,14 @@ def small_writer(cin=70, meta=True, hw=(5, 6)) -> PackedWriter:
     return wr
 
 
+def prelu_writer() -> PackedWriter:
+    """input -> per-channel PReLU -> global average pool -> linear (the float activation path)."""
+    wr = PackedWriter()
+    x = wr.add_act(wr.add_input((5, 3, 4)), "prelu", slope=np.linspace(-0.5, 0.5, 5), name="act")
+    wr.add_output(wr.add_linear(wr.add_gap(x, name="gap"), np.ones((2, 5)), np.zeros(2), name="linear"))
+    return wr
+
+
 def load_error(data: bytes) -> engine.EngineFileError:
     with pytest.raises(engine.EngineFileError) as info:
         engine.loads(data)
@@ -184,6 +192,23 @@ def test_weight_padding_bits_and_non_finite_values_are_rejected():
     assert err.code_name == "out_of_range" and "not finite" in str(err)
 
 
+def test_prelu_slopes_must_match_the_channels():
+    wr = prelu_writer()
+    x = np.full((1, 5, 3, 4), -2.0, np.float32)  # channel slopes -0.5 .. 0.5: outputs 1, 0.5, 0, -0.5, -1
+    assert np.allclose(engine.loads(wr.to_bytes()).predict(x), 0.0)
+    x[0, 3] = 1.0  # kept as is where >= 0
+    assert np.allclose(engine.loads(wr.to_bytes()).predict(x), 1.5)
+    rec = bytearray(wr.records[1])
+    struct.pack_into("<i", rec, 8 + 16 + 4 + 4, 4)  # header, slots + name_len, "act", kind, c
+    wr.records[1] = bytes(rec)
+    err = load_error(wr.to_bytes())
+    assert err.code_name == "bad_graph" and "prelu over 4 channels" in str(err)
+    struct.pack_into("<i", rec, 8 + 16 + 4, 9)  # an activation kind the engine does not know
+    wr.records[1] = bytes(rec)
+    err = load_error(wr.to_bytes())
+    assert err.code_name == "unsupported" and "activation kind 9" in str(err)
+
+
 def test_graph_structure_errors():
     wr = small_writer(meta=False)
     wr.records = wr.records[:-1]  # no output record
@@ -277,7 +302,7 @@ def seed_files(tmp_path_factory):
     paths = []
     # the last seed is large enough (12x12 outputs, 576-bit kernels) to get a bit-serial plan
     seeds = [small_writer(), small_writer(cin=1, meta=False), small_writer(cin=129),
-             small_writer(64, hw=(12, 12))]
+             small_writer(64, hw=(12, 12)), prelu_writer()]
     for i, wr in enumerate(seeds):
         p = d / f"seed{i}.bsnn"
         p.write_bytes(wr.to_bytes())

@@ -49,12 +49,13 @@ CASES = [
     ("bcnn2d", {"channels": [32, 16, 8], "convs_per_stage": 2}, AUDIO_SHAPE),  # group-mean shortcuts
     ("bcnn2d", {"channels": [24, 16], "norm": "example", "floor_db": 30.0}, AUDIO_SHAPE),  # conv shortcut
     ("bcnn2d", {"channels": [16, 33, 64], "learn_threshold": True}, AUDIO_SHAPE),  # affine before the sign
+    ("bcnn2d", {"channels": [16, 33, 64], "learn_threshold": True, "stream_prelu": True}, AUDIO_SHAPE),
     ("cnn2d", {"channels": [8, 16]}, AUDIO_SHAPE),
 ]
 
 
 def randomize(net: nn.Module, seed: int = 1) -> nn.Module:
-    """Random batch-norm statistics and affine parameters (scales of both signs)."""
+    """Random batch-norm statistics and affine parameters (scales of both signs), PReLU slopes."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
@@ -66,6 +67,8 @@ def randomize(net: nn.Module, seed: int = 1) -> nn.Module:
                 m.bias.copy_(torch.randn(c, generator=g) * 0.5)
             if getattr(m, "move", None) is not None:  # bcnn2d's learned sign thresholds
                 m.move.copy_(torch.randn(m.move.shape, generator=g) * 0.5)
+            if isinstance(m, nn.PReLU):  # slopes of both signs
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
     return net.eval()
 
 
@@ -217,6 +220,35 @@ def test_sequential_conv1d_model_exports():
     data = build_graph(net, (2, 400)).to_bytes()
     for isa in ISAS:
         check_logits(engine.loads(data, isa=isa).predict(x.numpy()), ref, f"conv1d stack on {isa}")
+
+
+def test_prelu_exports_per_channel_and_shared():
+    """A per-channel PReLU on a float map, and a shared-slope one folded into a sign threshold."""
+    torch.manual_seed(4)
+    net = randomize(nn.Sequential(
+        nn.Conv2d(1, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.PReLU(12),
+        BinaryConv2d(12, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20), nn.PReLU(),
+        BinaryConv2d(20, 8, 3, bias=False), nn.BatchNorm2d(8), nn.PReLU(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
+    with torch.no_grad():
+        net[5].weight.fill_(0.3)  # monotone, so it folds into the next sign's threshold
+    x = torch.randn(5, 1, 9, 11) * 2
+    with torch.no_grad():
+        ref = net(x).numpy()
+    data = build_graph(net, (1, 9, 11)).to_bytes()
+    types = [o.type for o in engine.loads(data).ops]
+    assert types.count("activation") == 2  # the shared-slope PReLU is inside a threshold
+    for isa in ISAS:
+        check_logits(engine.loads(data, isa=isa).predict(x.numpy()), ref, f"PReLU stack on {isa}")
+    with pytest.raises(ExportError, match="3 slopes for 12 channels"):
+        build_graph(nn.Sequential(nn.Conv2d(1, 12, 3), _PReLU3()), (1, 8, 8))
+
+
+class _PReLU3(nn.PReLU):
+    """A PReLU whose slope count matches neither 1 nor the channels (only a hand-edit makes one)."""
+
+    def __init__(self):
+        super().__init__(3)
 
 
 # ---- real audio through the front end -----------------------------------------------------------

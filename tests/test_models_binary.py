@@ -258,6 +258,7 @@ BAD_PARAMS = [
     ("bcnn2d", {"mode": "ternary"}, "mode"),
     ("bcnn2d", {"shortcut": "yes"}, "shortcut"),
     ("bcnn2d", {"learn_threshold": 1}, "learn_threshold"),
+    ("bcnn2d", {"stream_prelu": "true"}, "stream_prelu"),
     ("bcnn2d", {"channels": []}, "channels"),
     ("bcnn2d", {"convs_per_stage": 0}, "convs_per_stage"),
     ("bcnn2d", {"dropout": -0.1}, "dropout"),
@@ -295,3 +296,18 @@ def test_learned_threshold_moves_the_sign_not_the_stream():
     block.train()(x).sum().backward()
     assert block.move.grad is not None and block.move.grad.abs().sum() > 0
 
+
+
+def test_stream_prelu_acts_on_the_sum():
+    """bcnn2d's stream_prelu: PReLU(BN(conv(sign x)) + shortcut(x)), one learned slope per channel."""
+    from bitsound.models.binary_cnn import BinaryBlock
+    torch.manual_seed(0)
+    block = BinaryBlock(4, 6, mode="xnor", shortcut=True, stream_prelu=True).eval()
+    plain = BinaryBlock(4, 6, mode="xnor", shortcut=True).eval()
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("act.")})
+    x = torch.randn(2, 4, 5, 6)
+    y = plain(x)
+    assert block.act.weight.shape == (6,)
+    assert torch.allclose(block(x), torch.where(y >= 0, y, 0.25 * y))  # PyTorch's initial slope
+    block.train()(x).sum().backward()
+    assert block.act.weight.grad is not None and block.act.weight.grad.abs().sum() > 0

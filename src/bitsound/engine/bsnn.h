@@ -60,7 +60,7 @@ enum {
     BS_OP_INPUT = 1,        /* features [c][h][w] (rank 2) or [c][t] (rank 1) -> float hwc */
     BS_OP_FEATURE_NORM = 2, /* bitsound.models.cnn.FeatureNorm */
     BS_OP_AFFINE = 3,       /* y = x * scale[c] + bias[c] (batch-norm, 2x-1 input map) */
-    BS_OP_ACT = 4,          /* relu | tanh */
+    BS_OP_ACT = 4,          /* relu | tanh | per-channel prelu */
     BS_OP_CONV2D = 5,       /* float convolution */
     BS_OP_PACK = 6,         /* float -> bits, sign with sign(0) = +1 */
     BS_OP_BCONV2D = 7,      /* binary convolution (and binary dense: kernel = whole input) */
@@ -73,7 +73,7 @@ enum {
 #define BS_REC_META 100     /* UTF-8 JSON metadata (labels, feature shape, source) */
 
 enum { BS_NORM_NONE = 0, BS_NORM_BAND = 1, BS_NORM_EXAMPLE = 2 };
-enum { BS_ACT_RELU = 1, BS_ACT_TANH = 2 };
+enum { BS_ACT_RELU = 1, BS_ACT_TANH = 2, BS_ACT_PRELU = 3 };
 enum { BS_BOUT_DOT = 0, BS_BOUT_FLOAT = 1, BS_BOUT_BITS = 2 };
 enum { BS_ADD_IDENTITY = 0, BS_ADD_PAD = 1, BS_ADD_GROUP_MEAN = 2 };
 
@@ -131,7 +131,7 @@ typedef struct {
     float floor_off, eps;
     float *wf;             /* float weights: conv [kh][kw][cin][cout], linear [n][nin] */
     float *bias;           /* conv / linear bias, affine bias, bconv float bias */
-    float *scale;          /* affine scale, bconv float scale */
+    float *scale;          /* affine scale, bconv float scale, prelu slope */
     uint64_t *wbits;       /* bconv weights [cout][kwords], kwords = K words padded to 4 */
     int32_t kwords;        /* padded words per output channel (multiple of 4) */
     int32_t nwi;           /* words per input pixel */

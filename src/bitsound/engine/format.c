@@ -353,8 +353,17 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
     case BS_OP_ACT:
         op->mode = rd_i32(r);
         if (r->err) return;
-        if (op->mode != BS_ACT_RELU && op->mode != BS_ACT_TANH) { fail(r, BS_ERR_UNSUPPORTED, "activation kind %d", op->mode); return; }
+        if (op->mode != BS_ACT_RELU && op->mode != BS_ACT_TANH && op->mode != BS_ACT_PRELU) {
+            fail(r, BS_ERR_UNSUPPORTED, "activation kind %d", op->mode);
+            return;
+        }
         if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "activation needs floats"); return; }
+        if (op->mode == BS_ACT_PRELU) { /* i32 c; f32 slope[c] */
+            int32_t c = rd_i32(r);
+            if (r->err) return;
+            if (c != si.c) { fail(r, BS_ERR_GRAPH, "prelu over %d channels, input has %d", c, si.c); return; }
+            op->scale = rd_f32_array(r, (size_t)c, 1, "slope");
+        }
         so = si;
         break;
     case BS_OP_CONV2D:

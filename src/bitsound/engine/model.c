@@ -100,7 +100,15 @@ BS_CLONES static void op_affine(const bs_op *op, const float *x, float *y) {
 
 static void op_act(const bs_op *op, const float *x, float *y) {
     size_t n = (size_t)op->s0.h * op->s0.w * op->s0.c;
-    if (op->mode == BS_ACT_RELU)
+    if (op->mode == BS_ACT_PRELU) { /* torch.nn.PReLU: x >= 0 ? x : slope x (nan stays nan) */
+        size_t px = (size_t)op->s0.h * op->s0.w;
+        int32_t c = op->s0.c;
+        for (size_t p = 0; p < px; p++)
+            for (int32_t k = 0; k < c; k++) {
+                float v = x[p * c + k];
+                y[p * c + k] = v >= 0 ? v : v * op->scale[k];
+            }
+    } else if (op->mode == BS_ACT_RELU)
         for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (x[i] == x[i] ? 0.0f : x[i]);
     else
         for (size_t i = 0; i < n; i++) y[i] = tanhf(x[i]);

@@ -30,7 +30,8 @@ type  op              parameters, then arrays
 1     input           i32 rank (1: features [c, t]; 2: [c, h, w]), c, h, w
 2     feature_norm    i32 mode (0 none, 1 band, 2 example), i32 has_floor, f32 floor, f32 eps
 3     affine          i32 c; f32 scale[c], f32 bias[c]  (y = x * scale + bias)
-4     activation      i32 kind (1 relu, 2 tanh)
+4     activation      i32 kind (1 relu, 2 tanh, 3 prelu); prelu: i32 c; f32 slope[c]
+                      (y = x if x >= 0 else slope * x)
 5     conv2d          i32 cin, cout, geometry, has_bias; f32 w[cout][kh][kw][cin], f32 b[cout]
 6     pack            i32 c  (float -> bits: sign, sign(0) = +1)
 7     binary_conv2d   i32 cin, cout, geometry, out_mode; u64 w[cout][kh][kw][nw];
@@ -101,7 +102,7 @@ OP_NAMES = {OP_INPUT: "input", OP_FEATURE_NORM: "feature_norm", OP_AFFINE: "affi
             OP_GAP: "global_avg_pool", OP_LINEAR: "linear", OP_ADD: "add", OP_OUTPUT: "output"}
 
 NORM_MODES = {"none": 0, "band": 1, "example": 2}
-ACT_KINDS = {"relu": 1, "tanh": 2}
+ACT_KINDS = {"relu": 1, "tanh": 2, "prelu": 3}
 BOUT_DOT, BOUT_FLOAT, BOUT_BITS = 0, 1, 2
 ADD_IDENTITY, ADD_PAD, ADD_GROUP_MEAN = 0, 1, 2
 F32, BITS = 1, 2
@@ -227,9 +228,13 @@ class PackedWriter:
         bias = np.broadcast_to(bias, (s.c,))
         return self._op(OP_AFFINE, name, x, -1, _i32(s.c), _f32(scale) + _f32(bias), s)
 
-    def add_act(self, x: int, kind: str, *, name: str) -> int:
+    def add_act(self, x: int, kind: str, *, name: str, slope=None) -> int:
+        """relu | tanh | prelu (``slope``: one per channel, or one for all)."""
         s = self._need(x, F32, name)
-        return self._op(OP_ACT, name, x, -1, _i32(ACT_KINDS[kind]), b"", s)
+        if kind != "prelu":
+            return self._op(OP_ACT, name, x, -1, _i32(ACT_KINDS[kind]), b"", s)
+        slope = np.broadcast_to(np.asarray(slope, np.float64).reshape(-1), (s.c,))
+        return self._op(OP_ACT, name, x, -1, _i32(ACT_KINDS[kind], s.c), _f32(slope), s)
 
     def add_conv2d(self, x: int, weight, bias, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
                    name: str) -> int:
@@ -358,7 +363,7 @@ def _bn_affine(bn: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
 class _Lowering:
     """Walks a model's modules in forward order and writes engine ops (see the module docstring)."""
 
-    ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout)
+    ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.PReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout)
     PASSTHROUGH = (nn.Identity, nn.Dropout)
 
     def __init__(self, writer: PackedWriter, x: int, rank: int):
@@ -423,6 +428,8 @@ class _Lowering:
             self.x = self.w.add_act(self._float(name), "relu", name=name)
         elif isinstance(m, nn.Tanh):
             self.x = self.w.add_act(self._float(name), "tanh", name=name)
+        elif isinstance(m, nn.PReLU):
+            self._prelu(name, m)
         elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
             self._maxpool(name, m)
         elif isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
@@ -442,7 +449,7 @@ class _Lowering:
             self._float_linear(name, m)
         else:
             raise ExportError(f"layer '{name}' ({type(m).__name__}) has no engine op; supported: conv, "
-                              f"binary conv/linear (xnor, binarynet, onebit), batch-norm, ReLU, Tanh, "
+                              f"binary conv/linear (xnor, binarynet, onebit), batch-norm, ReLU, Tanh, PReLU, "
                               f"max-pool, global average pool, flatten, linear, FeatureNorm, binary blocks")
         return i + 1
 
@@ -451,6 +458,15 @@ class _Lowering:
             raise ExportError(f"layer '{name}' needs float inputs, but the preceding layer produces signs "
                               f"(bits); the engine has no bits -> float op")
         return self.x
+
+    def _prelu(self, name: str, m: nn.PReLU) -> None:
+        slope = m.weight.detach().double().numpy()
+        x = self._float(name)
+        channels = self.w.shape(x).c
+        if slope.size not in (1, channels):
+            raise ExportError(f"layer '{name}' (PReLU) has {slope.size} slopes for {channels} channels; "
+                              f"use one slope or one per channel")
+        self.x = self.w.add_act(x, "prelu", slope=slope, name=name)
 
     def _no_flat(self, name: str, what: str) -> None:
         if self.flat_from is not None:
@@ -635,6 +651,8 @@ class _Lowering:
         else:
             mode = {"identity": ADD_IDENTITY, "pad": ADD_PAD, "group_mean": ADD_GROUP_MEAN}[sc.kind]
         self.x = self.w.add_add(self.x, stream, mode=mode, name=f"{name}.add")
+        if blk.act is not None:
+            self._prelu(f"{name}.act", blk.act)
 
 
 def _thresholds(layer: nn.Module, chain: list[nn.Module], name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ References
 - K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
   (option A: zero-padding identity shortcuts).
 - Z. Liu, Z. Shen, M. Savvides, K.-T. Cheng, "ReActNet: Towards Precise Binary Neural Network
-  with Generalized Activation Functions", ECCV 2020 (RSign).
+  with Generalized Activation Functions", ECCV 2020 (RSign, RPReLU).
 - M. Rastegari et al., "XNOR-Net", ECCV 2016; M. Courbariaux et al., "Binarized Neural
   Networks", 2016; M. D. McDonnell, ICLR 2018 (seed 002).
 """
@@ -108,21 +108,26 @@ class BinaryBlock(nn.Module):
         Add the real-valued :class:`ChannelShortcut` (Bi-Real Net).
     learn_threshold : bool
         Learn a per-channel shift ``move`` added to ``x`` before the sign (not to the shortcut).
+    stream_prelu : bool
+        A per-channel PReLU on the block's output (after the sum with the shortcut).
 
     x : Tensor [shape=(batch, c_in, freq, time)] -> Tensor [shape=(batch, c_out, freq, time)]
     """
 
-    def __init__(self, c_in: int, c_out: int, *, mode: str, shortcut: bool, learn_threshold: bool = False):
+    def __init__(self, c_in: int, c_out: int, *, mode: str, shortcut: bool, learn_threshold: bool = False,
+                 stream_prelu: bool = False):
         super().__init__()
         self.move = nn.Parameter(torch.zeros(1, c_in, 1, 1)) if learn_threshold else None
         self.pre = nn.ReLU() if mode == "onebit" else nn.Identity()
         self.conv = BinaryConv2d(c_in, c_out, 3, mode=mode, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.shortcut = ChannelShortcut(c_in, c_out) if shortcut else None
+        self.act = nn.PReLU(c_out) if stream_prelu else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(self.pre(x if self.move is None else x + self.move)))
-        return y if self.shortcut is None else y + self.shortcut(x)
+        y = y if self.shortcut is None else y + self.shortcut(x)
+        return y if self.act is None else self.act(y)
 
 
 class BinaryCNN2d(nn.Module):
@@ -148,6 +153,8 @@ class BinaryCNN2d(nn.Module):
         Bi-Real real-valued shortcuts around every binary convolution.
     learn_threshold : bool
         A learned per-channel shift before each block's sign (ReActNet's RSign).
+    stream_prelu : bool
+        A per-channel PReLU on each block's output (ReActNet's RPReLU without its shifts).
 
     Shapes: x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)].
     """
@@ -155,7 +162,8 @@ class BinaryCNN2d(nn.Module):
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
                  dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
-                 mode: str = "xnor", shortcut: bool = True, learn_threshold: bool = False):
+                 mode: str = "xnor", shortcut: bool = True, learn_threshold: bool = False,
+                 stream_prelu: bool = False):
         super().__init__()
         c_in = check_input_shape("bcnn2d", input_shape)[0]
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -175,6 +183,8 @@ class BinaryCNN2d(nn.Module):
             raise ConfigError(f"model.params.shortcut must be true or false, got {shortcut!r}")
         if not isinstance(learn_threshold, bool):
             raise ConfigError(f"model.params.learn_threshold must be true or false, got {learn_threshold!r}")
+        if not isinstance(stream_prelu, bool):
+            raise ConfigError(f"model.params.stream_prelu must be true or false, got {stream_prelu!r}")
         self.mode = mode
         layers: list[nn.Module] = [FeatureNorm(norm, floor_db=floor_db),
                                    nn.Conv2d(c_in, channels[0], 3, padding=1, bias=False),
@@ -185,7 +195,7 @@ class BinaryCNN2d(nn.Module):
                 if stage == 0 and i == 0:
                     continue  # the float first convolution above
                 layers.append(BinaryBlock(c_prev, c_out, mode=mode, shortcut=shortcut,
-                                          learn_threshold=learn_threshold))
+                                          learn_threshold=learn_threshold, stream_prelu=stream_prelu))
                 c_prev = c_out
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
@@ -201,7 +211,7 @@ class BinaryCNN2d(nn.Module):
                                       "shortcuts")
 def bcnn2d(*, input_shape: tuple[int, ...], n_classes: int, **params: Any) -> nn.Module:
     valid = ("channels", "convs_per_stage", "dropout", "norm", "floor_db", "mode", "shortcut",
-             "learn_threshold")
+             "learn_threshold", "stream_prelu")
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ConfigError(f"model 'bcnn2d': unknown model.params {unknown}; valid params: {', '.join(valid)}")
