@@ -300,18 +300,11 @@ def test_thesis_xnor_recipe_same_labels_on_real_clips(tmp_path):
     assert _compare_files(model_pt, bsnn, [str(f) for f in files]) == len(files)
 
 
-def test_digits_binary_recipe_same_labels_on_real_clips(tmp_path):
-    from bitsound.recipes import _shipped
-
+@pytest.mark.parametrize("recipe", ["digits-xnor", "digits-xnor-kd"])
+def test_digits_binary_recipe_same_labels_on_real_clips(tmp_path, recipe):
     fsdd = DATA / "fsdd" / "recordings"
     files = sorted(fsdd.glob("*.wav"))[::40]
     if not files:
         pytest.skip(f"no FSDD recordings under {fsdd}")
-    if "digits-xnor" in _shipped():
-        model_pt, bsnn = _classifier("digits-xnor", None, tmp_path, [str(d) for d in range(10)])
-    else:  # the same network on digits-cnn's front end
-        params = {"channels": [24, 48, 96, 192], "convs_per_stage": 1, "norm": "example", "floor_db": 40,
-                  "mode": "xnor", "shortcut": True}
-        model = {"name": "bcnn2d", "params": params}
-        model_pt, bsnn = _classifier("digits-cnn", model, tmp_path, [str(d) for d in range(10)])
+    model_pt, bsnn = _classifier(recipe, None, tmp_path, [str(d) for d in range(10)])
     assert _compare_files(model_pt, bsnn, [str(f) for f in files]) == len(files)
