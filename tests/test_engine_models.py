@@ -241,14 +241,7 @@ def test_prelu_exports_per_channel_and_shared():
     for isa in ISAS:
         check_logits(engine.loads(data, isa=isa).predict(x.numpy()), ref, f"PReLU stack on {isa}")
     with pytest.raises(ExportError, match="3 slopes for 12 channels"):
-        build_graph(nn.Sequential(nn.Conv2d(1, 12, 3), _PReLU3()), (1, 8, 8))
-
-
-class _PReLU3(nn.PReLU):
-    """A PReLU whose slope count matches neither 1 nor the channels (only a hand-edit makes one)."""
-
-    def __init__(self):
-        super().__init__(3)
+        build_graph(nn.Sequential(nn.Conv2d(1, 12, 3), nn.PReLU(3)), (1, 8, 8))
 
 
 # ---- real audio through the front end -----------------------------------------------------------
