@@ -1,0 +1,1 @@
+"""The typed model graph: op definitions, IR, lowering from PyTorch, passes."""
