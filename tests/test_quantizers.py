@@ -77,7 +77,8 @@ def test_none_is_a_float_passthrough():
 
 def test_registry_lists_every_quantizer_with_a_description():
     listed = dict(QUANTIZERS.describe())
-    assert set(listed) == {"ste_sign", "approx_sign", "identity_sign", "none"}
+    assert set(listed) == {"ste_sign", "approx_sign", "identity_sign", "none", "xnor_sign", "mcdonnell_sign",
+                           "int8_weight", "int8_weight_tensor", "int8", "fp16"}
     assert all(listed.values())
 
 

@@ -1,16 +1,24 @@
-"""Quantizers and binary layers (XNOR-Net, BinaryNet, 1-bit-per-weight)."""
+"""Quantizers and composable quantized layers (XNOR-Net, BinaryNet, 1-bit, int8, fp16)."""
 
 from bitsound.nn.layers import (
     BINARY_MODES,
     BinaryConv1d,
     BinaryConv2d,
     BinaryLinear,
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    binary_quantizers,
     make_conv1d,
     make_conv2d,
     make_linear,
 )
 from bitsound.nn.quantizers import (
     QUANTIZERS,
+    Fp16,
+    Int8Activation,
+    Int8Weight,
+    ScaledSign,
     approx_sign,
     get_quantizer,
     hard_sign,
@@ -24,7 +32,15 @@ __all__ = [
     "BinaryConv1d",
     "BinaryConv2d",
     "BinaryLinear",
+    "Fp16",
+    "Int8Activation",
+    "Int8Weight",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantLinear",
+    "ScaledSign",
     "approx_sign",
+    "binary_quantizers",
     "get_quantizer",
     "hard_sign",
     "identity_sign",

@@ -1,10 +1,18 @@
-"""Binary convolution and linear layers: XNOR-Net, BinaryNet and 1-bit-per-weight flavours.
+"""Composable quantized layers, and the XNOR-Net, BinaryNet and 1-bit-per-weight configurations.
 
-:class:`BinaryConv1d`, :class:`BinaryConv2d` and :class:`BinaryLinear` subclass the matching
-``torch.nn`` layer (so shapes, ``state_dict`` keys and initialisation are PyTorch's) and keep the
-float weights as the *latent* weights that the optimizer updates; the forward pass binarizes
-them with a straight-through quantizer (:mod:`bitsound.nn.quantizers`). ``mode`` picks the
-method:
+:class:`QuantConv1d`, :class:`QuantConv2d` and :class:`QuantLinear` (larq's
+``QuantConv2D(input_quantizer, kernel_quantizer)``) subclass the matching ``torch.nn`` layer (so
+shapes, ``state_dict`` keys and initialisation are PyTorch's) and keep the float weights as the
+*latent* weights that the optimizer updates. The forward pass is, for every configuration,
+
+    ``y = op(input_quantizer(x), values) * scale [* K] + bias``
+
+with ``values, scale = weight_quantizer.quantize_weight(W)`` (:mod:`bitsound.nn.quantizers`:
+signs with straight-through gradients, XNOR-Net's and McDonnell's scaled signs, int8 fake-quant
+per tensor or per channel, fp16). Nothing branches on a mode: precision is the quantizers' data.
+
+:class:`BinaryConv1d`, :class:`BinaryConv2d` and :class:`BinaryLinear` are the three binary
+methods as configurations of those layers; ``mode`` picks the pair of quantizers:
 
 ``"xnor"`` -- XNOR-Net (Rastegari et al. 2016)
     ``y = (sign(x) * sign(W)) . alpha [. K] + b``. Inputs and weights are binarized;
@@ -77,20 +85,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.nn.quantizers import get_quantizer, hard_sign
+from bitsound.nn.quantizers import ScaledSign, get_quantizer, hard_sign
 
 BINARY_MODES = ("xnor", "binarynet", "onebit")
 
-# (input quantizer, weight quantizer) used when the caller does not choose one
-_DEFAULT_QUANTIZERS = {
-    "xnor": ("ste_sign", "ste_sign"),
-    "binarynet": ("ste_sign", "ste_sign"),
-    "onebit": ("none", "identity_sign"),
+# mode -> (default input quantizer, weight scale of the ScaledSign weight quantizer)
+_MODE_CONFIG = {
+    "xnor": ("ste_sign", "mean_abs"),
+    "binarynet": ("ste_sign", "none"),
+    "onebit": ("none", "he"),
 }
+_DEFAULT_ESTIMATOR = {"xnor": "ste", "binarynet": "ste", "onebit": "identity"}
+# the sign quantizers a binary layer's ``weight_quantizer`` may name: their estimator
+_SIGN_ESTIMATORS = {"ste_sign": "ste", "approx_sign": "approx", "identity_sign": "identity"}
 
 
-class _BinaryMixin:
-    """Shared binarization logic; mixed into a ``torch.nn`` conv or linear layer.
+def _quantize_weight(q: nn.Module, w: torch.Tensor):
+    fn = getattr(q, "quantize_weight", None)
+    return fn(w) if fn is not None else (q(w), None)
+
+
+class _QuantMixin:
+    """Shared quantized forward; mixed into a ``torch.nn`` conv or linear layer.
 
     The host class provides ``weight``, ``bias``, ``_raw(x, w)`` (the op without bias) and
     ``_n_spatial`` (number of spatial axes of the output: 0, 1 or 2).
@@ -98,40 +114,31 @@ class _BinaryMixin:
 
     _n_spatial: int = 0
 
-    def _init_binary(self, *, mode: str, input_quantizer, weight_quantizer, input_scale: bool) -> None:
-        if mode not in BINARY_MODES:
-            raise ConfigError(f"binary layer mode must be one of {', '.join(BINARY_MODES)}, got {mode!r}")
-        default_in, default_w = _DEFAULT_QUANTIZERS[mode]
-        self.mode = mode
-        self.input_quantizer = get_quantizer(default_in if input_quantizer is None else input_quantizer)
-        self.weight_quantizer = get_quantizer(default_w if weight_quantizer is None else weight_quantizer)
-        if self.weight_quantizer.bits != 1:
-            raise ConfigError(f"a binary layer needs a 1-bit weight quantizer, got "
-                              f"{self.weight_quantizer!r} with {self.weight_quantizer.bits} bits; use a "
-                              f"plain torch layer (mode='float' in make_conv2d) for float weights")
-        if mode == "binarynet" and self.input_bits != 1:
-            raise ConfigError("mode 'binarynet' binarizes its inputs: input_quantizer must have 1 bit; "
-                              "use mode='onebit' for float inputs with binary weights")
-        if input_scale and (mode != "xnor" or self.input_bits != 1):
-            raise ConfigError(f"input_scale=True is XNOR-Net's K and needs mode='xnor' with binary inputs, "
-                              f"got mode={mode!r} with {self.input_bits}-bit inputs")
+    def _init_quant(self, *, input_quantizer, weight_quantizer, input_scale: bool) -> None:
+        self.input_quantizer = get_quantizer(input_quantizer)
+        self.weight_quantizer = get_quantizer(weight_quantizer)
+        if input_scale and (self.input_bits != 1 or getattr(self.weight_quantizer, "scale", None) != "mean_abs"):
+            raise ConfigError(f"input_scale=True is XNOR-Net's K and needs binary inputs and XNOR-scaled "
+                              f"weights (mode='xnor'), got {self.input_bits}-bit inputs and "
+                              f"{self.weight_quantizer!r}")
         self.input_scale = bool(input_scale)
 
     # -- precision declared as data -------------------------------------------------------------
     @property
     def weight_bits(self) -> int:
-        """Bits per stored weight (1)."""
+        """Bits per stored weight."""
         return self.weight_quantizer.bits
 
     @property
     def input_bits(self) -> int:
-        """Bits per input activation: 1 when inputs are binarized, 32 for float inputs."""
+        """Bits per input activation: 1 for signs, 8 for int8, 32 for float inputs."""
         return self.input_quantizer.bits
 
     @property
     def n_scale_params(self) -> int:
-        """Float scale values the deployed layer stores (32 bits each): alpha for xnor."""
-        return self.weight.shape[0] if self.mode == "xnor" else 0
+        """Float scales the deployed layer stores (32 bits each), e.g. XNOR-Net's alpha."""
+        fn = getattr(self.weight_quantizer, "n_scales", None)
+        return int(fn(self.weight)) if fn is not None else 0
 
     @property
     def fan_in(self) -> int:
@@ -139,24 +146,27 @@ class _BinaryMixin:
         return self.weight[0].numel()
 
     # -- exported values --------------------------------------------------------------------------
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(values [shape of weight], scale [shape=(out,)] or None), no gradient: what is stored."""
+        with torch.no_grad():
+            values, scale = _quantize_weight(self.weight_quantizer, self.weight)
+            if isinstance(scale, (int, float)):
+                scale = torch.full((self.weight.shape[0],), float(scale), dtype=self.weight.dtype)
+            elif scale is not None and scale.dim() == 0:
+                scale = scale.expand(self.weight.shape[0])
+            return values.detach(), None if scale is None else scale.detach()
+
     def binary_weight(self) -> torch.Tensor:
-        """The stored weights: ``sign(W)`` in {-1, +1}, shape of ``weight``, no gradient."""
+        """The stored 1-bit weights: ``sign(W)`` in {-1, +1}, shape of ``weight``, no gradient."""
         return hard_sign(self.weight.detach())
 
     def weight_scale(self) -> torch.Tensor | None:
-        """The weight scale: alpha [shape=(out,)] for xnor, c [shape=()] for onebit, else None."""
+        """The weight scale: per output channel or a 0-d constant; None without one."""
         with torch.no_grad():
-            if self.mode == "xnor":
-                return self._alpha()
-            if self.mode == "onebit":
-                return torch.tensor(self._onebit_scale(), dtype=self.weight.dtype, device=self.weight.device)
-        return None
-
-    def _alpha(self) -> torch.Tensor:
-        return self.weight.abs().mean(dim=tuple(range(1, self.weight.dim())))
-
-    def _onebit_scale(self) -> float:
-        return math.sqrt(2.0 / self.fan_in)
+            _, scale = _quantize_weight(self.weight_quantizer, self.weight)
+            if isinstance(scale, (int, float)):
+                return torch.tensor(float(scale), dtype=self.weight.dtype, device=self.weight.device)
+            return None if scale is None else scale.detach()
 
     def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
         # (out,) -> broadcastable against (..., out, *spatial), batched or not
@@ -170,148 +180,184 @@ class _BinaryMixin:
         return self._conv(a, box, None, self.stride, self.padding, self.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._binary_forward(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._binary_repr()
-
-    def _binary_forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.input_quantizer(x)
-        wq = self.weight_quantizer(self.weight)
-        if self.mode == "onebit":
-            c = self._onebit_scale()
-            # forward value wq, weight gradient / c: with the output * c below the latent weights
-            # get dL/d(c sign W) unscaled, as in McDonnell's stop-gradient multiplier
-            wq = wq.detach() + (wq - wq.detach()) / c
-            y = self._raw(xq, wq) * c
-        else:
-            # zero padding inside the op acts on the already-binarized input: padded taps add 0
-            y = self._raw(xq, wq)
-            if self.mode == "xnor":
-                y = y * self._per_channel(self._alpha())
-                if self.input_scale:
-                    y = y * self._input_scale_map(x)
+        values, scale = _quantize_weight(self.weight_quantizer, self.weight)
+        # zero padding inside the op acts on the already-quantized input: padded taps add 0
+        y = self._raw(xq, values)
+        if scale is not None:
+            y = y * (scale if isinstance(scale, (int, float)) or scale.dim() == 0 else self._per_channel(scale))
+        if self.input_scale:
+            y = y * self._input_scale_map(x)
         if self.bias is not None:
             y = y + self._per_channel(self.bias)
         return y
 
-    def _binary_repr(self) -> str:
+    def extra_repr(self) -> str:
         # the quantizers print themselves as child modules
-        return f", mode={self.mode!r}" + (", input_scale=True" if self.input_scale else "")
+        return super().extra_repr() + (", input_scale=True" if self.input_scale else "")
 
 
 def _check_padding_mode(padding_mode: str) -> None:
     if padding_mode != "zeros":
-        raise ConfigError(f"binary convolutions support padding_mode='zeros' only (a padded position "
-                          f"contributes 0 to the ±1 dot product), got {padding_mode!r}")
+        raise ConfigError(f"quantized convolutions support padding_mode='zeros' only (a padded position "
+                          f"contributes 0 to the quantized dot product), got {padding_mode!r}")
 
 
-class BinaryConv1d(_BinaryMixin, nn.Conv1d):
-    """Binary 1-D convolution (XNOR-Net, BinaryNet or 1-bit-per-weight; see the module docstring).
+class QuantConv1d(_QuantMixin, nn.Conv1d):
+    """1-D convolution with an input and a weight quantizer (see the module docstring).
 
     Parameters
     ----------
     in_channels, out_channels : int
     kernel_size : int or tuple of int
-    mode : {"xnor", "binarynet", "onebit"}
+    input_quantizer, weight_quantizer : str or nn.Module, optional
+        Registered names (``bitsound list quantizers``) or modules; None is no quantization.
+    input_scale : bool
+        XNOR-Net's input scale ``K`` (binary inputs with XNOR-scaled weights only).
     stride, padding, dilation, groups, bias, device, dtype
         As :class:`torch.nn.Conv1d` (``padding_mode`` must stay ``"zeros"``).
-    input_quantizer, weight_quantizer : str or nn.Module, optional
-        Straight-through quantizers (name or module); None picks the mode's default
-        (``ste_sign`` for xnor/binarynet, ``"none"`` inputs and ``identity_sign`` weights for
-        onebit).
-    input_scale : bool
-        XNOR-Net's input scale ``K`` (xnor only).
 
     Shapes: x : Tensor [shape=(batch, in_channels, time)] -> [shape=(batch, out_channels, time')].
     """
 
     _n_spatial = 1
+    _conv = staticmethod(F.conv1d)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, mode: str = "xnor",
-                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 input_quantizer=None, weight_quantizer=None, input_scale: bool = False,
-                 padding_mode: str = "zeros", device=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, input_quantizer=None,
+                 weight_quantizer=None, input_scale: bool = False, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         _check_padding_mode(padding_mode)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
-        self._init_binary(mode=mode, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
-                          input_scale=input_scale)
-
-    _conv = staticmethod(F.conv1d)
+        self._init_quant(input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+                         input_scale=input_scale)
 
     def _raw(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
 
-class BinaryConv2d(_BinaryMixin, nn.Conv2d):
-    """Binary 2-D convolution (XNOR-Net, BinaryNet or 1-bit-per-weight; see the module docstring).
-
-    Parameters
-    ----------
-    in_channels, out_channels : int
-    kernel_size : int or tuple of int
-    mode : {"xnor", "binarynet", "onebit"}
-    stride, padding, dilation, groups, bias, device, dtype
-        As :class:`torch.nn.Conv2d` (``padding_mode`` must stay ``"zeros"``).
-    input_quantizer, weight_quantizer : str or nn.Module, optional
-        Straight-through quantizers; None picks the mode's default (see :class:`BinaryConv1d`).
-    input_scale : bool
-        XNOR-Net's input scale ``K`` (xnor only).
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """2-D convolution with an input and a weight quantizer (see :class:`QuantConv1d`).
 
     Shapes: x : Tensor [shape=(batch, in_channels, freq, time)]
     -> [shape=(batch, out_channels, freq', time')].
     """
 
     _n_spatial = 2
+    _conv = staticmethod(F.conv2d)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, mode: str = "xnor",
-                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 input_quantizer=None, weight_quantizer=None, input_scale: bool = False,
-                 padding_mode: str = "zeros", device=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, input_quantizer=None,
+                 weight_quantizer=None, input_scale: bool = False, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         _check_padding_mode(padding_mode)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
-        self._init_binary(mode=mode, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
-                          input_scale=input_scale)
-
-    _conv = staticmethod(F.conv2d)
+        self._init_quant(input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+                         input_scale=input_scale)
 
     def _raw(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
 
-class BinaryLinear(_BinaryMixin, nn.Linear):
-    """Binary fully connected layer (XNOR-Net, BinaryNet or 1-bit-per-weight).
+class QuantLinear(_QuantMixin, nn.Linear):
+    """Fully connected layer with an input and a weight quantizer (see :class:`QuantConv1d`).
 
-    Parameters
-    ----------
-    in_features, out_features : int
-    mode : {"xnor", "binarynet", "onebit"}
-    bias, device, dtype
-        As :class:`torch.nn.Linear`.
-    input_quantizer, weight_quantizer : str or nn.Module, optional
-        Straight-through quantizers; None picks the mode's default (see :class:`BinaryConv1d`).
-    input_scale : bool
-        XNOR-Net's input scale: the mean of ``|x|`` over each row's features (xnor only).
+    ``input_scale`` (XNOR-Net's K) is the mean of ``|x|`` over each row's features.
 
     Shapes: x : Tensor [shape=(..., in_features)] -> [shape=(..., out_features)].
     """
 
     _n_spatial = 0
 
-    def __init__(self, in_features: int, out_features: int, *, mode: str = "xnor", bias: bool = True,
-                 input_quantizer=None, weight_quantizer=None, input_scale: bool = False,
-                 device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, *, input_quantizer=None, weight_quantizer=None,
+                 input_scale: bool = False, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_binary(mode=mode, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
-                          input_scale=input_scale)
+        self._init_quant(input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+                         input_scale=input_scale)
 
     def _raw(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w)
 
     def _input_scale_map(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs().mean(dim=-1, keepdim=True)
+
+
+def binary_quantizers(mode: str, input_quantizer=None, weight_quantizer=None) -> tuple[nn.Module, nn.Module]:
+    """The (input, weight) quantizers of a binary ``mode``, with optional overrides.
+
+    ``weight_quantizer`` may name a sign estimator (``ste_sign``, ``approx_sign``,
+    ``identity_sign``): the mode's scale is kept and only the gradient changes.
+    """
+    if mode not in BINARY_MODES:
+        raise ConfigError(f"binary layer mode must be one of {', '.join(BINARY_MODES)}, got {mode!r}")
+    default_in, scale = _MODE_CONFIG[mode]
+    inq = get_quantizer(default_in if input_quantizer is None else input_quantizer)
+    if weight_quantizer is None:
+        wq: nn.Module = ScaledSign(_DEFAULT_ESTIMATOR[mode], scale)
+    elif isinstance(weight_quantizer, str) and weight_quantizer in _SIGN_ESTIMATORS:
+        wq = ScaledSign(_SIGN_ESTIMATORS[weight_quantizer], scale)
+    else:
+        wq = get_quantizer(weight_quantizer)
+        if wq.bits != 1:
+            raise ConfigError(f"a binary layer needs a 1-bit weight quantizer, got {wq!r} with {wq.bits} bits; "
+                              f"use a plain torch layer (mode='float' in make_conv2d) or QuantConv2d for "
+                              f"other precisions")
+    if mode == "binarynet" and inq.bits != 1:
+        raise ConfigError("mode 'binarynet' binarizes its inputs: input_quantizer must have 1 bit; "
+                          "use mode='onebit' for float inputs with binary weights")
+    return inq, wq
+
+
+class _BinaryConfig:
+    """The ``mode`` a binary layer was configured with (for its repr and model parameters only)."""
+
+    def _binary_repr(self) -> str:
+        return f", mode={self.mode!r}"
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._binary_repr()
+
+
+class BinaryConv1d(_BinaryConfig, QuantConv1d):
+    """Binary 1-D convolution: :class:`QuantConv1d` configured by ``mode`` (module docstring).
+
+    Parameters
+    ----------
+    mode : {"xnor", "binarynet", "onebit"}
+    input_quantizer, weight_quantizer : str or nn.Module, optional
+        Overrides of the mode's quantizers (a sign name as weight quantizer keeps the mode's
+        scale and changes only the gradient estimator).
+    Other parameters as :class:`QuantConv1d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, mode: str = "xnor",
+                 input_quantizer=None, weight_quantizer=None, input_scale: bool = False, **kwargs):
+        inq, wq = binary_quantizers(mode, input_quantizer, weight_quantizer)
+        super().__init__(in_channels, out_channels, kernel_size, input_quantizer=inq, weight_quantizer=wq,
+                         input_scale=input_scale, **kwargs)
+        self.mode = mode
+
+
+class BinaryConv2d(_BinaryConfig, QuantConv2d):
+    """Binary 2-D convolution: :class:`QuantConv2d` configured by ``mode`` (see :class:`BinaryConv1d`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, mode: str = "xnor",
+                 input_quantizer=None, weight_quantizer=None, input_scale: bool = False, **kwargs):
+        inq, wq = binary_quantizers(mode, input_quantizer, weight_quantizer)
+        super().__init__(in_channels, out_channels, kernel_size, input_quantizer=inq, weight_quantizer=wq,
+                         input_scale=input_scale, **kwargs)
+        self.mode = mode
+
+
+class BinaryLinear(_BinaryConfig, QuantLinear):
+    """Binary dense layer: :class:`QuantLinear` configured by ``mode`` (see :class:`BinaryConv1d`)."""
+
+    def __init__(self, in_features: int, out_features: int, *, mode: str = "xnor", input_quantizer=None,
+                 weight_quantizer=None, input_scale: bool = False, **kwargs):
+        inq, wq = binary_quantizers(mode, input_quantizer, weight_quantizer)
+        super().__init__(in_features, out_features, input_quantizer=inq, weight_quantizer=wq,
+                         input_scale=input_scale, **kwargs)
+        self.mode = mode
 
 
 _BINARY_ONLY_OPTIONS = ("input_quantizer", "weight_quantizer", "input_scale")
