@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from bitsound import engine
-from bitsound.export.packed import BOUT_BITS, HEADER_BYTES, PackedWriter
+from bitsound.export import bsnn
+from bitsound.graph.builder import GraphBuilder
+from bitsound.graph.opcodes import HEADER_BYTES
 
 ENGINE_DIR = Path(engine.__file__).parent
 
@@ -33,13 +35,13 @@ def restamp(data: bytes | bytearray) -> bytes:
     return bytes(b)
 
 
-def small_writer(cin=70, meta=True, hw=(5, 6)) -> PackedWriter:
+def small_writer(cin=70, meta=True, hw=(5, 6)) -> GraphBuilder:
     rng = np.random.default_rng(0)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     x = wr.add_input((cin, *hw))
     b = wr.add_pack(x, name="pack")
     w = np.where(rng.standard_normal((8, cin, 3, 3)) < 0, -1, 1)
-    t = wr.add_bconv2d(b, w, padding=(1, 1, 1, 1), out_mode=BOUT_BITS, thr=np.zeros(8, int),
+    t = wr.add_bconv2d(b, w, padding=(1, 1, 1, 1), out_mode="bits", thr=np.zeros(8, int),
                        flip=np.arange(8) % 2, name="bconv")
     p = wr.add_maxpool(t, kernel=(2, 2), stride=(2, 2), ceil_mode=True, name="pool")
     d = wr.add_bconv2d(p, np.ones((3, 8, 3, 3)), scale=np.ones(3), bias=np.zeros(3), name="dense")
@@ -51,9 +53,9 @@ def small_writer(cin=70, meta=True, hw=(5, 6)) -> PackedWriter:
     return wr
 
 
-def prelu_writer() -> PackedWriter:
+def prelu_writer() -> GraphBuilder:
     """input -> per-channel PReLU -> global average pool -> linear (the float activation path)."""
-    wr = PackedWriter()
+    wr = GraphBuilder()
     x = wr.add_act(wr.add_input((5, 3, 4)), "prelu", slope=np.linspace(-0.5, 0.5, 5), name="act")
     wr.add_output(wr.add_linear(wr.add_gap(x, name="gap"), np.ones((2, 5)), np.zeros(2), name="linear"))
     return wr
@@ -94,10 +96,14 @@ def test_bad_magic_checksum_version_flags():
     corrupt[100] ^= 0x10
     err = load_error(bytes(corrupt))
     assert err.code_name == "bad_checksum" and "corrupt" in str(err)
-    v2 = bytearray(data)
-    v2[8:10] = struct.pack("<H", 2)
-    err = load_error(restamp(v2))
-    assert err.code_name == "bad_version" and "2.0" in str(err)
+    v3 = bytearray(data)
+    v3[8:10] = struct.pack("<H", 3)
+    err = load_error(restamp(v3))
+    assert err.code_name == "bad_version" and "3.0" in str(err)
+    v1 = bytearray(data)  # files of the first format say how to get a current one
+    v1[8:10] = struct.pack("<H", 1)
+    err = load_error(restamp(v1))
+    assert err.code_name == "bad_version" and "re-export" in str(err)
     minor = bytearray(data)
     minor[10:12] = struct.pack("<H", 7)  # a newer minor of the same major still loads
     assert engine.loads(restamp(minor)).predict(np.zeros((1, 70, 5, 6), np.float32)).shape == (1, 4)
@@ -127,10 +133,11 @@ def test_header_counts_out_of_range(field, value, code):
 def edited(record: int, offset: int, fmt: str, value, *, meta=False) -> bytes:
     """The small file with one field of one op record replaced (offset from the record start)."""
     wr = small_writer(meta=meta)
-    rec = bytearray(wr.records[record])
+    recs = wr.records
+    rec = bytearray(recs[record])
     struct.pack_into(fmt, rec, offset, value)
-    wr.records[record] = bytes(rec)
-    return wr.to_bytes()
+    recs[record] = bytes(rec)
+    return bsnn.assemble(recs, len(wr.graph.tensors))
 
 
 # op record: 0 type, 4 size, 8 in0, 12 in1, 16 out, 20 name_len, 24 name (padded to 4), params
@@ -145,14 +152,16 @@ def edited(record: int, offset: int, fmt: str, value, *, meta=False) -> bytes:
     (1, 16, "<i", 0, "bad_graph", "also an input"),
     (1, 20, "<I", 1000, "out_of_range", "name length"),
     (1, 20, "<I", 200, "truncated", "more bytes"),
-    (2, 8, "<i", 0, "bad_graph", "expects 70 bit"),  # binary conv reading the float input
-    (2, 24 + 8, "<i", 71, "bad_graph", "channels"),   # cin != the input's channels
-    (2, 24 + 12, "<i", 0, "out_of_range", "out channels"),
-    (2, 24 + 16, "<i", 1 << 20, "out_of_range", "kernel height"),
-    (2, 24 + 16, "<i", 9, "bad_graph", "does not fit"),
-    (2, 24 + 24, "<i", 0, "out_of_range", "stride"),
-    (2, 24 + 32, "<i", -1, "out_of_range", "padding"),
-    (2, 24 + 56, "<i", 7, "unsupported", "output mode"),
+    (2, 8, "<i", 0, "bad_graph", "needs bits"),  # binary conv reading the float input
+    # "bconv" pads to 8 bytes: params cin cout groups kh kw sh sw pt pl pb pr dh dw out_mode from 32
+    (2, 32, "<i", 71, "bad_graph", "channels"),   # cin != the input's channels
+    (2, 36, "<i", 0, "out_of_range", "out channels"),
+    (2, 40, "<i", 3, "out_of_range", "groups"),    # 3 divides neither 70 nor 8
+    (2, 44, "<i", 1 << 20, "out_of_range", "kernel height"),
+    (2, 44, "<i", 9, "bad_graph", "does not fit"),
+    (2, 52, "<i", 0, "out_of_range", "stride"),
+    (2, 60, "<i", -1, "out_of_range", "padding"),
+    (2, 84, "<i", 7, "unsupported", "output mode"),
     (0, 32, "<i", 3, "out_of_range", "rank"),        # "input" pads its name to 8 bytes
     (0, 40, "<i", 65537, "out_of_range", "input height"),
     (0, 36, "<i", 0, "out_of_range", "input channels"),
@@ -168,27 +177,30 @@ def test_field_out_of_range(record, offset, fmt, value, code, words):
 
 def test_huge_tensors_are_refused_before_allocation():
     wr = small_writer(meta=False)
-    rec = bytearray(wr.records[0])
+    recs = wr.records
+    rec = bytearray(recs[0])
     struct.pack_into("<iii", rec, 36, 65536, 65536, 65536)  # c, h, w of the input
-    wr.records[0] = bytes(rec)
-    err = load_error(wr.to_bytes())
+    recs[0] = bytes(rec)
+    err = load_error(bsnn.assemble(recs, len(wr.graph.tensors)))
     assert err.code_name == "out_of_range" and "elements" in str(err)
 
 
 def test_weight_padding_bits_and_non_finite_values_are_rejected():
     wr = small_writer(meta=False)
-    rec = bytearray(wr.records[2])
+    n = len(wr.graph.tensors)
+    recs = wr.records
+    rec = bytearray(recs[2])
     # first weight word of the binary conv: cin = 70, so word 1 of tap 0 has 6 valid bits
-    first = 8 + 16 + 8 + 4 * 13  # record header, slots + name_len, "bconv" padded, 13 params
+    first = 8 + 16 + 8 + 4 * 14  # record header, slots + name_len, "bconv" padded, 14 params
     struct.pack_into("<Q", rec, first + 8, 1 << 40)
-    wr.records[2] = bytes(rec)
-    err = load_error(wr.to_bytes())
+    recs[2] = bytes(rec)
+    err = load_error(bsnn.assemble(recs, n))
     assert err.code_name == "out_of_range" and "padding bits" in str(err)
-    wr = small_writer(meta=False)
-    rec = bytearray(wr.records[6])  # the linear layer's first weight
-    struct.pack_into("<f", rec, 8 + 16 + 8 + 12, float("nan"))
-    wr.records[6] = bytes(rec)
-    err = load_error(wr.to_bytes())
+    recs = wr.records
+    rec = bytearray(recs[6])  # the linear layer's first weight, after nin nout has_bias wdtype
+    struct.pack_into("<f", rec, 8 + 16 + 8 + 16, float("nan"))
+    recs[6] = bytes(rec)
+    err = load_error(bsnn.assemble(recs, n))
     assert err.code_name == "out_of_range" and "not finite" in str(err)
 
 
@@ -198,38 +210,33 @@ def test_prelu_slopes_must_match_the_channels():
     assert np.allclose(engine.loads(wr.to_bytes()).predict(x), 0.0)
     x[0, 3] = 1.0  # kept as is where >= 0
     assert np.allclose(engine.loads(wr.to_bytes()).predict(x), 1.5)
-    rec = bytearray(wr.records[1])
+    recs = wr.records
+    rec = bytearray(recs[1])
     struct.pack_into("<i", rec, 8 + 16 + 4 + 4, 4)  # header, slots + name_len, "act", kind, c
-    wr.records[1] = bytes(rec)
-    err = load_error(wr.to_bytes())
-    assert err.code_name == "bad_graph" and "prelu over 4 channels" in str(err)
+    recs[1] = bytes(rec)
+    err = load_error(bsnn.assemble(recs, len(wr.graph.tensors)))
+    assert err.code_name == "bad_graph" and "activation over 4 channels" in str(err)
     struct.pack_into("<i", rec, 8 + 16 + 4, 9)  # an activation kind the engine does not know
-    wr.records[1] = bytes(rec)
-    err = load_error(wr.to_bytes())
+    recs[1] = bytes(rec)
+    err = load_error(bsnn.assemble(recs, len(wr.graph.tensors)))
     assert err.code_name == "unsupported" and "activation kind 9" in str(err)
 
 
 def test_graph_structure_errors():
     wr = small_writer(meta=False)
-    wr.records = wr.records[:-1]  # no output record
-    wr.records.append(wr.records[-1])
-    err = load_error(_raw(wr, len(wr.records)))
+    n = len(wr.graph.tensors)
+    recs = wr.records[:-1]  # no output record
+    recs.append(recs[-1])
+    err = load_error(bsnn.assemble(recs, n))
     assert err.code_name == "bad_graph"
-    wr = small_writer(meta=False)
-    wr.records = [wr.records[1], wr.records[0], *wr.records[2:]]  # the input is not first
-    err = load_error(_raw(wr, len(wr.records)))
+    recs = wr.records
+    recs = [recs[1], recs[0], *recs[2:]]  # the input is not first
+    err = load_error(bsnn.assemble(recs, n))
     assert err.code_name == "bad_graph" and "first op must be the input" in str(err)
-    wr = small_writer(meta=False)
-    wr.records.append(wr.records[-1])  # a record after the output
-    err = load_error(_raw(wr, len(wr.records)))
+    recs = wr.records
+    recs.append(recs[-1])  # a record after the output
+    err = load_error(bsnn.assemble(recs, n))
     assert err.code_name == "bad_graph" and "after the output" in str(err)
-
-
-def _raw(wr: PackedWriter, n_records: int) -> bytes:
-    payload = b"".join(wr.records)
-    header = b"BSNN\r\n\x1a\n" + struct.pack("<HHIIIIIQ", 1, 0, 0, HEADER_BYTES, n_records, len(wr.shapes), 0,
-                                             HEADER_BYTES + len(payload) + 4)
-    return restamp(header + payload + b"\0\0\0\0")
 
 
 def test_meta_length_overrun():
@@ -252,6 +259,7 @@ FUZZ_SCRIPT = r"""
 import random, struct, sys, time, zlib
 import numpy as np
 from bitsound import engine
+from bitsound.export import bsnn
 seeds = [open(p, "rb").read() for p in sys.argv[3:]]
 rnd = random.Random(int(sys.argv[2]))
 def restamp(b):

@@ -1,6 +1,6 @@
 """Op-level parity of the C engine: every kernel against its plain reference and against PyTorch.
 
-Each test builds a one-op graph with :class:`bitsound.export.packed.PackedWriter`, runs it
+Each test builds a one-op graph with :class:`bitsound.graph.builder.GraphBuilder`, runs it
 through the binding on every instruction set this machine has (plus the AVX-512 kernel's source
 on plain C stand-ins, ``avx512-emulated``) and compares:
 
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from bitsound import engine
-from bitsound.export.packed import BOUT_BITS, BOUT_DOT, BOUT_FLOAT, PackedWriter, pack_signs, unpack_bits
+from bitsound.graph.bits import pack_signs, unpack_bits
+from bitsound.graph.builder import GraphBuilder
 
 # + the AVX-512 kernels' sources on stand-ins for AVX-512 instructions and the bit-serial algorithm
 # in portable C
@@ -58,7 +59,7 @@ def _torch_dot(x_signs: np.ndarray, w_signs: np.ndarray, stride, pad, dil) -> np
 
 def _bconv_graph(cin, h, w, weight, geom, mode, **kw):
     k, stride, pad, dil = geom
-    wr = PackedWriter()
+    wr = GraphBuilder()
     x = wr.add_input((cin, h, w))
     b = wr.add_pack(x, name="pack")
     wr.add_bconv2d(b, weight, stride=stride, padding=pad, dilation=dil, out_mode=mode, name="bconv", **kw)
@@ -89,17 +90,17 @@ def test_binary_conv_matches_torch_on_every_isa(cin, cout, gi):
     scale = rng.standard_normal(cout).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     geom = (k, stride, pad, dil)
-    files = {BOUT_DOT: _bconv_graph(cin, h, w, weight, geom, BOUT_DOT),
-             BOUT_BITS: _bconv_graph(cin, h, w, weight, geom, BOUT_BITS, thr=thr, flip=flip),
-             BOUT_FLOAT: _bconv_graph(cin, h, w, weight, geom, BOUT_FLOAT, scale=scale, bias=bias)}
+    files = {"dot": _bconv_graph(cin, h, w, weight, geom, "dot"),
+             "bits": _bconv_graph(cin, h, w, weight, geom, "bits", thr=thr, flip=flip),
+             "float": _bconv_graph(cin, h, w, weight, geom, "float", scale=scale, bias=bias)}
     want_bits = np.where(np.where(flip == 1, -dot, dot) >= thr, 1, -1)
     want_float = dot.astype(np.float32) * scale + bias
     for isa in ISAS:
-        trace = _trace(files[BOUT_DOT], x, isa)
+        trace = _trace(files["dot"], x, isa)
         assert np.array_equal(trace[1][1], xs.transpose(1, 2, 0)), isa  # the packed input
         assert np.array_equal(trace[2][1].astype(np.int64), dot), isa
-        assert np.array_equal(_trace(files[BOUT_BITS], x, isa)[2][1], want_bits), isa
-        assert np.array_equal(_trace(files[BOUT_FLOAT], x, isa)[2][1], want_float), isa
+        assert np.array_equal(_trace(files["bits"], x, isa)[2][1], want_bits), isa
+        assert np.array_equal(_trace(files["float"], x, isa)[2][1], want_float), isa
 
 
 # the bit-serial path runs for kernels of >= 128 bits over blocks of >= 128 output pixels (blocks of
@@ -120,7 +121,7 @@ def test_bitserial_blocks_match_torch(cin, cout, hw, gi):
     weight[0] = 1  # an all-+1 channel: nothing listed in the bit-serial plan
     x = rng.standard_normal((cin, h, w)).astype(np.float32)
     dot = _torch_dot(np.where(x < 0, -1, 1).astype(np.int8), weight, stride, pad, dil)
-    data = _bconv_graph(cin, h, w, weight, (k, stride, pad, dil), BOUT_DOT)
+    data = _bconv_graph(cin, h, w, weight, (k, stride, pad, dil), "dot")
     for isa in ISAS:
         assert np.array_equal(_trace(data, x, isa)[2][1].astype(np.int64), dot), isa
 
@@ -147,7 +148,7 @@ def test_bitserial_pairs_share_rows_exactly(all_sparse):
     x = rng.standard_normal((cin, h, w)).astype(np.float32)
     pad = (1, 1, 1, 1)
     dot = _torch_dot(np.where(x < 0, -1, 1).astype(np.int8), weight, (1, 1), pad, (1, 1))
-    data = _bconv_graph(cin, h, w, weight, (k, (1, 1), pad, (1, 1)), BOUT_DOT)
+    data = _bconv_graph(cin, h, w, weight, (k, (1, 1), pad, (1, 1)), "dot")
     for isa in ISAS:
         assert np.array_equal(_trace(data, x, isa)[2][1].astype(np.int64), dot), isa
 
@@ -161,13 +162,13 @@ def test_long_dot_products_do_not_overflow_byte_counters(cin, cout, size):
     weight = _signs(rng, (cout, cin, *k))
     x = rng.standard_normal((cin, size, size)).astype(np.float32)
     dot = _torch_dot(np.where(x < 0, -1, 1).astype(np.int8), weight, (1, 1), pad, (1, 1))
-    data = _bconv_graph(cin, size, size, weight, (k, (1, 1), pad, (1, 1)), BOUT_DOT)
+    data = _bconv_graph(cin, size, size, weight, (k, (1, 1), pad, (1, 1)), "dot")
     # input all -1 against weights all +1: every bit of every vector counts, the worst case for
     # a byte counter
     minus = np.full((cin, size, size), -1.0, np.float32)
     ones = np.ones_like(weight)
     worst = _torch_dot(-np.ones((cin, size, size), np.int8), ones, (1, 1), pad, (1, 1))
-    worst_data = _bconv_graph(cin, size, size, ones, (k, (1, 1), pad, (1, 1)), BOUT_DOT)
+    worst_data = _bconv_graph(cin, size, size, ones, (k, (1, 1), pad, (1, 1)), "dot")
     for isa in ISAS:
         assert np.array_equal(_trace(data, x, isa)[2][1].astype(np.int64), dot), isa
         assert np.array_equal(_trace(worst_data, minus, isa)[2][1].astype(np.int64), worst), isa
@@ -180,7 +181,7 @@ def test_pack_matches_sign_with_zero_as_plus_one(c):
     x.flat[:: 7] = 0.0
     x.flat[1:: 11] = -0.0
     x.flat[2:: 13] = -1e-38
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((c, 3, 5))
     wr.add_pack(i, name="pack")
     wr.add_output(i)
@@ -196,7 +197,7 @@ def test_pack_matches_sign_with_zero_as_plus_one(c):
 def test_pack_maps_nan_to_plus_one():
     """Documented: the engine packs NaN as +1 (bit 0); PyTorch's sign keeps NaN."""
     x = np.full((3, 1, 2), np.nan, np.float32)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((3, 1, 2))
     wr.add_pack(i, name="pack")
     wr.add_output(i)
@@ -217,7 +218,7 @@ def test_bit_maxpool_matches_torch(c, pi):
     signs = np.where(x < 0, -1.0, 1.0)
     want = F.max_pool2d(torch.from_numpy(signs)[None], k, s, p, ceil_mode=ceil)[0].permute(1, 2, 0).numpy()
     want_f = F.max_pool2d(torch.from_numpy(x)[None], k, s, p, ceil_mode=ceil)[0].permute(1, 2, 0).numpy()
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((c, 7, 9))
     b = wr.add_pack(i, name="pack")
     wr.add_maxpool(b, kernel=k, stride=s, padding=p, ceil_mode=ceil, name="bitpool")
@@ -240,7 +241,7 @@ def test_float_conv_matches_torch(cin, cout, gi):
     xt = F.pad(torch.from_numpy(x)[None], (pad[1], pad[3], pad[0], pad[2]))
     want = F.conv2d(xt, torch.from_numpy(weight), torch.from_numpy(bias), stride=stride, dilation=dil)
     want = want[0].permute(1, 2, 0).numpy()
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((cin, h, w))
     wr.add_conv2d(i, weight, bias, stride=stride, padding=pad, dilation=dil, name="conv")
     wr.add_output(i)
@@ -254,7 +255,7 @@ def test_float_ops_match_torch():
     x = (rng.standard_normal((c, h, w)) * 3).astype(np.float32)
     scale, shift = rng.standard_normal(c), rng.standard_normal(c)
     lw, lb = rng.standard_normal((4, c * h * w)), rng.standard_normal(4)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((c, h, w))
     a = wr.add_affine(i, scale, shift, name="affine")
     r = wr.add_act(a, "relu", name="relu")
@@ -283,7 +284,7 @@ def test_feature_norm_matches_torch(mode, floor_db):
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((2, 9, 11)) * 4 - 10).astype(np.float32)
     want = FeatureNorm(mode, floor_db=floor_db)(torch.from_numpy(x)[None])[0].permute(1, 2, 0).numpy()
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((2, 9, 11))
     n = wr.add_feature_norm(i, mode=mode, floor_db=floor_db, eps=1e-5, name="norm")
     wr.add_output(n)
@@ -299,7 +300,7 @@ def test_feature_norm_matches_torch(mode, floor_db):
 def test_add_shortcuts_match_torch(ca, cb, mode, fn):
     rng = np.random.default_rng(ca + cb)
     x = rng.standard_normal((ca + cb, 3, 5)).astype(np.float32)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((ca + cb, 3, 5))
     # split the input into a (first ca channels) and b (last cb) with 1x1 selection convs
     sel_a = np.eye(ca + cb)[:ca].reshape(ca, ca + cb, 1, 1)
@@ -319,10 +320,10 @@ def test_rank1_input_and_conv1d_match_torch():
     cin, cout, t = 33, 65, 50
     w = _signs(rng, (cout, cin, 1, 7))
     x = rng.standard_normal((cin, t)).astype(np.float32)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((cin, t))
     b = wr.add_pack(i, name="pack")
-    c = wr.add_bconv2d(b, w, stride=(1, 2), padding=(0, 3, 0, 3), out_mode=BOUT_DOT, name="bconv1d")
+    c = wr.add_bconv2d(b, w, stride=(1, 2), padding=(0, 3, 0, 3), out_mode="dot", name="bconv1d")
     wr.add_output(c)
     want = F.conv1d(torch.from_numpy(np.where(x < 0, -1.0, 1.0))[None], torch.from_numpy(w[:, :, 0]).double(),
                     stride=2, padding=3)[0].T.numpy()
@@ -339,10 +340,10 @@ def test_binary_dense_is_a_whole_map_kernel():
     weight = _signs(rng, (n, c * h * w))
     x = rng.standard_normal((c, h, w)).astype(np.float32)
     want = weight.astype(np.int64) @ np.where(x < 0, -1, 1).reshape(-1)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((c, h, w))
     b = wr.add_pack(i, name="pack")
-    d = wr.add_bconv2d(b, weight.reshape(n, c, h, w), out_mode=BOUT_DOT, name="dense")
+    d = wr.add_bconv2d(b, weight.reshape(n, c, h, w), out_mode="dot", name="dense")
     wr.add_output(d)
     for isa in ISAS:
         assert np.array_equal(engine.loads(wr.to_bytes(), isa=isa).predict(x[None])[0].astype(np.int64), want)
@@ -353,12 +354,12 @@ def test_fast_paths_agree_with_reference_on_a_batch():
     cin, cout = 96, 70
     weight = _signs(rng, (cout, cin, 3, 3))
     thr, flip = rng.integers(-50, 50, cout), rng.integers(0, 2, cout)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     i = wr.add_input((cin, 9, 10))
     b = wr.add_pack(i, name="pack")
-    t = wr.add_bconv2d(b, weight, padding=(1, 1, 1, 1), out_mode=BOUT_BITS, thr=thr, flip=flip, name="t")
+    t = wr.add_bconv2d(b, weight, padding=(1, 1, 1, 1), out_mode="bits", thr=thr, flip=flip, name="t")
     p = wr.add_maxpool(t, kernel=(2, 2), stride=(2, 2), ceil_mode=True, name="pool")
-    d = wr.add_bconv2d(p, _signs(rng, (5, cout, 5, 5)), out_mode=BOUT_DOT, name="dense")
+    d = wr.add_bconv2d(p, _signs(rng, (5, cout, 5, 5)), out_mode="dot", name="dense")
     wr.add_output(d)
     x = rng.standard_normal((6, cin, 9, 10)).astype(np.float32)
     want = engine.loads(wr.to_bytes(), isa="reference").predict(x)
@@ -369,7 +370,7 @@ def test_fast_paths_agree_with_reference_on_a_batch():
 def test_isa_choice():
     assert "reference" in engine.available_isas() and "scalar" in engine.available_isas()
     assert engine.auto_isa() in engine.available_isas()
-    wr = PackedWriter()
+    wr = GraphBuilder()
     wr.add_output(wr.add_input((1, 2, 2)))
     assert engine.loads(wr.to_bytes()).isa == engine.auto_isa()
     for isa in ("avx2", "avx512"):

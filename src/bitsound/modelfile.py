@@ -1,8 +1,15 @@
 """The self-contained model file (``model.pt``) and :func:`load_model`.
 
 A model file is a plain dict that loads with ``torch.load(weights_only=True)``: the recipe
-(audio, front-end, segmentation and model config), the labels, the network weights and the
-metrics measured when it was trained. Nothing else is needed to rebuild and run it.
+(audio, front-end, segmentation and model config), the labels, the network's architecture as
+plain data (:mod:`bitsound.modelspec`: every layer's class, attributes and tensor shapes), its
+weights and the metrics measured when it was trained. Nothing else is needed to rebuild and run
+it, and the architecture is the one that was saved, not the one the recipe would build today: a
+network whose channels were removed after construction (pruning) reloads with its real shapes.
+
+Versions: 2 (this one) stores ``module_spec``; version 1 files (bitsound 0.1 before the model
+graph) have none and are rebuilt from their recipe, which gives the same network as long as its
+shapes were never changed after construction.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from bitsound.audio.features import build_frontend
 from bitsound.config import Recipe, parse_recipe
 from bitsound.errors import CheckpointError
 from bitsound.models import build_model
+from bitsound.modelspec import build_from_spec, module_spec
 from bitsound.train.checkpoint import load_torch, save_torch
 
 FORMAT = "bitsound.model"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class SoundClassifier(nn.Module):
@@ -69,7 +78,8 @@ def save_model(path: Path, *, recipe: Recipe, labels: list[str], net: nn.Module,
                metrics: dict | None = None) -> None:
     """Write a self-contained model file atomically."""
     save_torch({"format": FORMAT, "version": VERSION, "recipe": recipe.model_dump(mode="json"),
-                "labels": list(labels), "state_dict": net.state_dict(), "metrics": metrics or {}},
+                "labels": list(labels), "module_spec": module_spec(net), "state_dict": net.state_dict(),
+                "metrics": metrics or {}},
                path)
 
 
@@ -86,12 +96,23 @@ def load_model(path: str | Path) -> SoundClassifier:
     if data.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a bitsound model file (format "
                               f"{data.get('format')!r}); pass the DIR/model.pt that train wrote")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"model file '{path}' has format version {data.get('version')}; "
-                              f"this bitsound reads version {VERSION}: upgrade bitsound")
+                              f"this bitsound reads versions {READABLE_VERSIONS}: upgrade bitsound")
     recipe = parse_recipe(data["recipe"], source=f"stored in '{path}'")
-    net = build_net(recipe, len(data["labels"]))
-    net.load_state_dict(data["state_dict"])
+    if data["version"] == 1:
+        net = build_net(recipe, len(data["labels"]))
+    else:
+        net = build_from_spec(data["module_spec"])
+    try:
+        net.load_state_dict(data["state_dict"])
+    except RuntimeError as err:
+        hint = ("; a version-1 file is rebuilt from its recipe, so a network whose shapes changed after "
+                "construction cannot load from one: re-save it with this bitsound "
+                "(bitsound.modelfile.save_model) from the process that holds it"
+                if data["version"] == 1 else "")
+        raise CheckpointError(f"model file '{path}': its weights do not fit its architecture ({err}){hint}") \
+            from None
     model = SoundClassifier(recipe, data["labels"], net)
     model.metrics = data.get("metrics", {})
     return model.eval()

@@ -1,4 +1,4 @@
-"""The bit-packed inference engine: load a ``.bsnn`` file (see :mod:`bitsound.export.packed`) and run it.
+"""The bit-packed inference engine: load a ``.bsnn`` file (see :mod:`bitsound.export.bsnn`) and run it.
 
 The engine is C99 (``src/bitsound/engine/*.c``), built into ``bitsound.engine._engine`` by
 ``pip install``. It knows nothing of PyTorch: it takes front-end features and returns logits.
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from bitsound.errors import CheckpointError, ConfigError, DataError
+from bitsound.graph import opcodes as oc
 
 try:
     from bitsound.engine import _engine
@@ -41,8 +42,7 @@ except ImportError as err:  # pragma: no cover - only without a built extension
     _engine = None
     _IMPORT_ERROR = err
 
-ISAS = ("auto", "avx512", "avx2", "scalar", "reference")
-F32, BITS = 1, 2
+ISAS = oc.ISAS
 
 
 class EngineFileError(CheckpointError):
@@ -91,7 +91,11 @@ class OpInfo:
     in1: int
     out: int
     shape: tuple[int, int, int]  # (h, w, c) channels last
-    bits: bool
+    dtype: str  # f32 | bits | i8
+
+    @property
+    def bits(self) -> bool:
+        return self.dtype == "bits"
 
 
 def _parse_meta(text: str | None, path: str | None) -> dict[str, Any]:
@@ -108,8 +112,7 @@ def _parse_meta(text: str | None, path: str | None) -> dict[str, Any]:
     return meta
 
 
-_OP_TYPES = {1: "input", 2: "feature_norm", 3: "affine", 4: "activation", 5: "conv2d", 6: "pack",
-             7: "binary_conv2d", 8: "maxpool", 9: "global_avg_pool", 10: "linear", 11: "add", 12: "output"}
+_DTYPE_NAMES = {v: k for k, v in oc.DTYPES.items()}
 
 
 class Engine:
@@ -130,7 +133,7 @@ class Engine:
 
     def __init__(self, data: bytes, *, isa: str = "auto", path: str | None = None):
         lib = _lib()
-        if isa not in ISAS and isa not in ("avx512-emulated", "scalar-bitserial"):
+        if isa not in ISAS and isa not in oc.TEST_ISAS:
             raise ConfigError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
         try:
             self._m = lib.Model(data, isa)
@@ -143,8 +146,10 @@ class Engine:
         self.n_outputs: int = self._m.n_outputs
         self.meta: dict[str, Any] = _parse_meta(self._m.meta, path)
         self.labels: list[str] | None = self.meta.get("labels")
-        self.ops = [OpInfo(i, _OP_TYPES.get(t, str(t)), name, a, b, o, (h, w, c), dt == BITS)
-                    for i, (t, name, a, b, o, (h, w, c, dt)) in enumerate(self._m.ops())]
+        self.ops = [
+            OpInfo(i, oc.BY_CODE[t].name, name, a, b, o, (h, w, c), _DTYPE_NAMES[dt])
+            for i, (t, name, a, b, o, (h, w, c, dt)) in enumerate(self._m.ops())
+        ]
 
     def __repr__(self) -> str:
         return (f"Engine({self.path or '<bytes>'}, isa={self.isa!r}, features={self.feature_shape}, "
@@ -177,8 +182,8 @@ class Engine:
         return out
 
     def trace(self, features: np.ndarray) -> list[tuple[OpInfo, np.ndarray]]:
-        """Every op's output for one example: floats ``[h, w, c]`` or, for bits, ±1 int8 ``[h, w, c]``."""
-        from bitsound.export.packed import unpack_bits
+        """Every op's output for one example, ``[h, w, c]``: floats, ±1 int8 for bits, int8 for int8."""
+        from bitsound.graph.bits import unpack_bits
 
         x = self._features(features, batched=False)
         out = []
@@ -187,6 +192,8 @@ class Engine:
             if info.bits:
                 words = np.frombuffer(raw, dtype="<u8").reshape(h, w, (c + 63) // 64)
                 out.append((info, unpack_bits(words, c)))
+            elif info.dtype == "i8":
+                out.append((info, np.frombuffer(raw, dtype=np.int8).reshape(h, w, c).copy()))
             else:
                 out.append((info, np.frombuffer(raw, dtype="<f4").reshape(h, w, c).copy()))
         return out

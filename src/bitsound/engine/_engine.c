@@ -303,15 +303,18 @@ static PyTypeObject ModelType = {
     .tp_new = PyType_GenericNew,
 };
 
-static const char *ALL_ISAS[] = {"reference", "scalar", "avx2", "avx512", NULL};
 
 static PyObject *py_available_isas(PyObject *mod, PyObject *unused) {
     (void)mod;
     (void)unused;
     PyObject *list = PyList_New(0);
-    for (int i = 0; list && ALL_ISAS[i]; i++)
-        if (bs_isa_available(ALL_ISAS[i])) {
-            PyObject *s = PyUnicode_FromString(ALL_ISAS[i]);
+    /* BS_ISA_NAMES (generated from bitsound.graph.opcodes.ISAS) lists the fastest first; the
+     * listing goes from the reference up */
+    int n = 0;
+    while (BS_ISA_NAMES[n]) n++;
+    for (int i = n - 1; list && i >= 0; i--)
+        if (bs_isa_available(BS_ISA_NAMES[i])) {
+            PyObject *s = PyUnicode_FromString(BS_ISA_NAMES[i]);
             if (!s || PyList_Append(list, s) < 0) {
                 Py_XDECREF(s);
                 Py_DECREF(list);

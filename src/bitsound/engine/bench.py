@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bitsound import engine
 from bitsound.errors import ConfigError
-from bitsound.export.packed import BOUT_BITS, BOUT_FLOAT, PackedWriter
+from bitsound.graph.builder import GraphBuilder
 
 # peak methods per instruction set: the engine's best kernel can use any of them
 PEAK_METHODS = {"avx512": ["avx512"], "avx2": ["avx2-harley-seal", "avx2-lut", "popcnt"],
@@ -75,17 +75,17 @@ def peak_xor_popcount(isa: str | None = None, *, seconds: float = 0.3) -> dict[s
 
 def _conv_graph(cin, cout, h, w, k, out_mode) -> bytes:
     rng = np.random.default_rng(0)
-    wr = PackedWriter()
+    wr = GraphBuilder()
     x = wr.add_input((cin, h, w))
     b = wr.add_pack(x, name="pack")
     signs = np.where(rng.standard_normal((cout, cin, k, k)) < 0, -1, 1)
     p = k // 2
     pad = (p, p, k - 1 - p, k - 1 - p)  # 'same'
-    if out_mode == BOUT_BITS:
-        wr.add_bconv2d(b, signs, padding=pad, out_mode=BOUT_BITS, thr=rng.integers(-3, 4, cout),
+    if out_mode == "bits":
+        wr.add_bconv2d(b, signs, padding=pad, out_mode="bits", thr=rng.integers(-3, 4, cout),
                        flip=rng.integers(0, 2, cout), name="bconv")
     else:
-        wr.add_bconv2d(b, signs, padding=pad, out_mode=BOUT_FLOAT, scale=np.ones(cout), bias=np.zeros(cout),
+        wr.add_bconv2d(b, signs, padding=pad, out_mode="float", scale=np.ones(cout), bias=np.zeros(cout),
                        name="bconv")
     wr.add_output(x)
     return wr.to_bytes()
@@ -140,8 +140,8 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
     finally:
         torch.set_num_threads(old_threads)
     feats = x[0].numpy()
-    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, BOUT_BITS), isa=isa)
-    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, BOUT_FLOAT), isa=isa)
+    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, "bits"), isa=isa)
+    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, "float"), isa=isa)
     reps = max(3, min(1000, int(budget / max(t_torch / 10, 1e-6))))
     t_bits = min(e_bits.time_op(feats, 2, repeats=reps))
     t_float = min(e_float.time_op(feats, 2, repeats=reps))

@@ -1,7 +1,8 @@
 /* bsnn: the bit-packed binary network engine of bitsound (portable C99 + optional intrinsics).
  *
- * A model file (.bsnn, written by bitsound.export.packed) is a list of op records over numbered
- * tensor slots. The loader (format.c) treats the file as untrusted: every count, size, slot id
+ * A model file (.bsnn, written by bitsound.export.bsnn from the typed graph of bitsound.graph) is
+ * a list of op records over numbered tensor slots; the op codes and record layouts are defined once
+ * in bitsound/graph/opcodes.py, which generates bsnn_codes.h. The loader (format.c) treats the file as untrusted: every count, size, slot id
  * and parameter is checked before use, and a malformed file gives a status code and a message.
  *
  * Tensor layouts (one example at a time; the batch loop is outside):
@@ -9,6 +10,8 @@
  *   bits   : [h][w][nw] uint64, nw = ceil(c / 64); channel j of a pixel is bit (j % 64) of word
  *            (j / 64), least significant bit first; bit 0 means +1, bit 1 means -1; the unused
  *            high bits of the last word are always 0.
+ *   int8   : [h][w][c] int8 with a per-tensor scale and zero point held by the ops
+ * 1-D ops (conv1d, pools) run as their 2-D forms with a 1 x k window on the h = 1 map.
  *
  * Binary convolution semantics (bitsound.nn.layers): zero padding is applied after binarizing,
  * so a padded position contributes 0 and, with n_valid the number of (channel, tap) pairs inside
@@ -20,11 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bsnn_codes.h" /* op codes, dtypes, modes and the format version: generated from Python */
+
 #define BSNN_MAGIC "BSNN\r\n\x1a\n"
 #define BSNN_MAGIC_LEN 8
-#define BSNN_VERSION_MAJOR 1
-#define BSNN_VERSION_MINOR 0
-#define BSNN_HEADER_BYTES 40
 
 /* limits that keep a hostile file from asking for absurd work or memory */
 #define BS_MAX_DIM 65536           /* h, w, c, kernel, stride, padding, dilation */
@@ -33,6 +35,7 @@
 #define BS_MAX_RECORDS 100000
 #define BS_MAX_SLOTS 100000
 #define BS_NAME_MAX 255
+#define BS_MAX_QFAN 65536        /* int8 products per output: 65536 * 255 * 128 < 2^31 */
 
 typedef enum {
     BS_OK = 0,
@@ -50,32 +53,9 @@ typedef enum {
 
 const char *bs_status_name(int status);
 
-enum { BS_F32 = 1, BS_BITS = 2 };
-
 typedef struct {
     int32_t h, w, c, dtype;
 } bs_shape;
-
-enum {
-    BS_OP_INPUT = 1,        /* features [c][h][w] (rank 2) or [c][t] (rank 1) -> float hwc */
-    BS_OP_FEATURE_NORM = 2, /* bitsound.models.cnn.FeatureNorm */
-    BS_OP_AFFINE = 3,       /* y = x * scale[c] + bias[c] (batch-norm, 2x-1 input map) */
-    BS_OP_ACT = 4,          /* relu | tanh | per-channel prelu */
-    BS_OP_CONV2D = 5,       /* float convolution */
-    BS_OP_PACK = 6,         /* float -> bits, sign with sign(0) = +1 */
-    BS_OP_BCONV2D = 7,      /* binary convolution (and binary dense: kernel = whole input) */
-    BS_OP_MAXPOOL = 8,      /* float max-pool, or on bits an AND (max of +-1 values) */
-    BS_OP_GAP = 9,          /* global average pool -> [1][1][c] */
-    BS_OP_LINEAR = 10,      /* float dense over the hwc-flattened input -> [1][1][n] */
-    BS_OP_ADD = 11,         /* y = a + shortcut(b) */
-    BS_OP_OUTPUT = 12       /* marks the logits slot; the last record */
-};
-#define BS_REC_META 100     /* UTF-8 JSON metadata (labels, feature shape, source) */
-
-enum { BS_NORM_NONE = 0, BS_NORM_BAND = 1, BS_NORM_EXAMPLE = 2 };
-enum { BS_ACT_RELU = 1, BS_ACT_TANH = 2, BS_ACT_PRELU = 3 };
-enum { BS_BOUT_DOT = 0, BS_BOUT_FLOAT = 1, BS_BOUT_BITS = 2 };
-enum { BS_ADD_IDENTITY = 0, BS_ADD_PAD = 1, BS_ADD_GROUP_MEAN = 2 };
 
 typedef struct {
     int32_t kh, kw, sh, sw, pt, pl, pb, pr, dh, dw;
@@ -120,25 +100,36 @@ typedef struct {
 #define BS_MAX_PLAN_ENTRIES ((size_t)1 << 27) /* 256 MB of uint16 positions */
 
 typedef struct {
-    int32_t type;
+    int32_t type;          /* op code (bsnn_codes.h) */
     int32_t in0, in1, out;
     bs_shape s0, s1, so;   /* shapes of in0, in1 (if any) and out, fixed at load */
     char name[BS_NAME_MAX + 1];
-    bs_geom g;
-    int32_t mode;          /* norm mode, act kind, bconv output mode, add mode, pool ceil */
-    int32_t cin, cout;
+    bs_geom g;             /* convs and pools; a 1-D op has kh = 1, sh = 1, no top/bottom padding */
+    int32_t mode;          /* norm mode, act kind, bconv/qconv output mode, add mode, pool ceil_mode,
+                            * normalize axis mask */
+    int32_t aux;           /* avg pool: count_include_pad; qconv: relu; slice/concat: axis */
+    int32_t start, stop;   /* slice */
+    int32_t perm[3];       /* permute: output axis i is input axis perm[i] */
+    int32_t cin, cout, groups;
+    int32_t depthwise;     /* float conv with one input and one output channel per group */
     int32_t has_floor;
     float floor_off, eps;
-    float *wf;             /* float weights: conv [kh][kw][cin][cout], linear [n][nin] */
+    float qscale, oscale;  /* quantize/dequantize scale; qconv: input scale, output scale */
+    int32_t qzero, ozero;  /* zero points, likewise */
+    float *wf;             /* float weights: conv [groups][kh][kw][cin/g][cout/g] (depthwise:
+                            * [kh][kw][c]), linear [n][nin]; decoded from f32, f16 or signs */
+    float *wscale;         /* per-output-channel factor applied after the sum (sign weights: the
+                            * scale; int8: in_scale * weight_scale), or NULL */
+    int8_t *wq;            /* int8 weights [cout][kh][kw][cin/g] (qconv) or [nout][nin] (qlinear) */
     float *bias;           /* conv / linear bias, affine bias, bconv float bias */
-    float *scale;          /* affine scale, bconv float scale, prelu slope */
+    float *scale;          /* affine scale, bconv float scale, prelu slope, freq_affine [h][c] */
     uint64_t *wbits;       /* bconv weights [cout][kwords], kwords = K words padded to 4 */
     int32_t kwords;        /* padded words per output channel (multiple of 4) */
-    int32_t nwi;           /* words per input pixel */
+    int32_t nwi;           /* words per input pixel of one group */
     int32_t *thr;          /* bconv bits output: +1 iff (flip ? -dot : dot) >= thr */
     uint8_t *flip;
     int32_t *fsign;        /* 1 - 2 * flip */
-    int32_t *wpop;         /* bconv [kh*kw][cout]: popcount of the weights of each tap */
+    int32_t *wpop;         /* bconv [groups][kh*kw][cout/g]: popcount of the weights of each tap */
     bs_bitserial *bser;    /* bconv: bit-serial plan, or NULL */
 } bs_op;
 
@@ -176,6 +167,8 @@ void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena);
 const float *bs_model_output(const bs_model *m, const void *arena);
 size_t bs_shape_bytes(bs_shape s);
 size_t bs_bconv_scratch_bytes(const bs_op *op);
+/* scratch memory an op needs while it runs (bytes, 64-byte aligned) */
+size_t bs_op_scratch_bytes(const bs_op *op);
 size_t bs_bitserial_work_bytes(const bs_op *op);
 int bs_bitserial_build(bs_op *op);
 
@@ -229,6 +222,16 @@ double bs_peak_scalar(double seconds);
 /* plain reference ops (kernels_ref.c): the slow obvious twins the fast paths are tested against */
 void bs_ref_bconv2d(const bs_op *op, const uint64_t *in, void *out);
 void bs_ref_maxpool_bits(const bs_op *op, const uint64_t *in, uint64_t *out);
+void bs_ref_conv2d(const bs_op *op, const float *in, float *out);
+void bs_ref_qconv2d(const bs_op *op, const int8_t *in, void *out);
+void bs_ref_avgpool(const bs_op *op, const float *in, float *out);
+/* the float and int8 output stages, shared by the fast paths and the references so that both
+ * round identically */
+float bs_requant_float(const bs_op *op, int32_t o, int32_t acc);
+float bs_conv_finish(const bs_op *op, int32_t o, double acc);
+void bs_avgpool_window(const bs_op *op, int32_t oy, int32_t ox, int32_t *y0, int32_t *y1, int32_t *x0, int32_t *x1,
+                       int32_t *div);
+int8_t bs_quantize_value(float x, float scale, int32_t zero);
 
 /* timing (model.c) */
 double bs_now(void);

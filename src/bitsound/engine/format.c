@@ -198,8 +198,11 @@ static int shape_ok(rd_t *r, bs_shape s) {
 size_t bs_shape_bytes(bs_shape s) {
     size_t px = (size_t)s.h * (size_t)s.w;
     if (s.dtype == BS_BITS) return px * (size_t)((s.c + 63) / 64) * 8;
+    if (s.dtype == BS_I8) return px * (size_t)s.c;
     return px * (size_t)s.c * 4;
 }
+
+static const char *dtype_name(int d) { return d == BS_BITS ? "bits" : d == BS_I8 ? "int8" : "floats"; }
 
 /* ---- graph state while parsing ---- */
 typedef struct {
@@ -218,11 +221,21 @@ static int get_in(rd_t *r, graph_t *g, int n_slots, int32_t slot, bs_shape *s, i
         return 0;
     }
     if (dtype && g->shape[slot].dtype != dtype) {
-        fail(r, BS_ERR_GRAPH, "%s slot %d holds %s, this op needs %s", which, slot,
-             g->shape[slot].dtype == BS_BITS ? "bits" : "floats", dtype == BS_BITS ? "bits" : "floats");
+        fail(r, BS_ERR_GRAPH, "%s slot %d holds %s, this op needs %s", which, slot, dtype_name(g->shape[slot].dtype),
+             dtype_name(dtype));
         return 0;
     }
     *s = g->shape[slot];
+    return 1;
+}
+
+static int want_dtype(rd_t *r, bs_shape s, int d1, int d2) {
+    if (r->err) return 0;
+    if (s.dtype != d1 && s.dtype != d2) {
+        fail(r, BS_ERR_GRAPH, "the input holds %s, this op needs %s%s%s", dtype_name(s.dtype), dtype_name(d1),
+             d2 ? " or " : "", d2 ? dtype_name(d2) : "");
+        return 0;
+    }
     return 1;
 }
 
@@ -245,10 +258,7 @@ static int conv_out(rd_t *r, int32_t in, int32_t k, int32_t s, int32_t p0, int32
     return 1;
 }
 
-static int rd_geom(rd_t *r, bs_geom *g) {
-    g->kh = rd_i32(r); g->kw = rd_i32(r); g->sh = rd_i32(r); g->sw = rd_i32(r);
-    g->pt = rd_i32(r); g->pl = rd_i32(r); g->pb = rd_i32(r); g->pr = rd_i32(r);
-    g->dh = rd_i32(r); g->dw = rd_i32(r);
+static int geom_ok(rd_t *r, const bs_geom *g) {
     return check_dim(r, "kernel height", g->kh, 1) && check_dim(r, "kernel width", g->kw, 1) &&
            check_dim(r, "stride", g->sh, 1) && check_dim(r, "stride", g->sw, 1) &&
            check_dim(r, "padding", g->pt, 0) && check_dim(r, "padding", g->pl, 0) &&
@@ -256,23 +266,369 @@ static int rd_geom(rd_t *r, bs_geom *g) {
            check_dim(r, "dilation", g->dh, 1) && check_dim(r, "dilation", g->dw, 1);
 }
 
+/* kh kw sh sw pt pl pb pr dh dw */
+static int rd_geom2(rd_t *r, bs_geom *g) {
+    g->kh = rd_i32(r); g->kw = rd_i32(r); g->sh = rd_i32(r); g->sw = rd_i32(r);
+    g->pt = rd_i32(r); g->pl = rd_i32(r); g->pb = rd_i32(r); g->pr = rd_i32(r);
+    g->dh = rd_i32(r); g->dw = rd_i32(r);
+    return geom_ok(r, g);
+}
+
+/* k s p0 p1 d: the 1 x k window of a 1-D op on the h = 1 map */
+static int rd_geom1(rd_t *r, bs_geom *g) {
+    g->kh = 1; g->sh = 1; g->pt = 0; g->pb = 0; g->dh = 1;
+    g->kw = rd_i32(r); g->sw = rd_i32(r); g->pl = rd_i32(r); g->pr = rd_i32(r); g->dw = rd_i32(r);
+    return geom_ok(r, g);
+}
+
 static const char *op_type_name(int32_t t) {
-    switch (t) {
-    case BS_OP_INPUT: return "input";
-    case BS_OP_FEATURE_NORM: return "feature_norm";
-    case BS_OP_AFFINE: return "affine";
-    case BS_OP_ACT: return "activation";
-    case BS_OP_CONV2D: return "conv2d";
-    case BS_OP_PACK: return "pack";
-    case BS_OP_BCONV2D: return "binary_conv2d";
-    case BS_OP_MAXPOOL: return "maxpool";
-    case BS_OP_GAP: return "global_avg_pool";
-    case BS_OP_LINEAR: return "linear";
-    case BS_OP_ADD: return "add";
-    case BS_OP_OUTPUT: return "output";
-    case BS_REC_META: return "meta";
-    default: return "unknown";
+    if (t == BS_REC_META) return "meta";
+    if (t >= 0 && t <= BS_OP_CODE_MAX && BS_OP_NAMES[t]) return BS_OP_NAMES[t];
+    return "unknown";
+}
+
+static int is_1d(int32_t type) {
+    return type == BS_OP_CONV1D || type == BS_OP_BINARY_CONV1D || type == BS_OP_QCONV1D || type == BS_OP_MAXPOOL1D ||
+           type == BS_OP_AVGPOOL1D;
+}
+
+/* IEEE binary16 -> binary32 (exact) */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
     }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* n half floats (zero-padded to 4 bytes in the file) -> float32, all finite */
+static float *rd_f16_array(rd_t *r, size_t n, const char *what) {
+    size_t bytes = (n * 2 + 3) / 4 * 4;
+    if (n > SIZE_MAX / 4 || !need(r, bytes)) return NULL;
+    float *a = xalloc(r, n * sizeof(float));
+    if (!a) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *b = r->p + r->pos + 2 * i;
+        a[i] = half_to_float((uint16_t)(b[0] | b[1] << 8));
+        if (!isfinite(a[i])) {
+            fail(r, BS_ERR_RANGE, "%s[%zu] is not finite", what, i);
+            free(a);
+            return NULL;
+        }
+    }
+    r->pos += bytes;
+    return a;
+}
+
+static int8_t *rd_i8_array(rd_t *r, size_t n) {
+    size_t bytes = (n + 3) / 4 * 4;
+    if (n > SIZE_MAX / 4 || !need(r, bytes)) return NULL;
+    int8_t *a = xalloc(r, n);
+    if (!a) return NULL;
+    memcpy(a, r->p + r->pos, n);
+    r->pos += bytes;
+    return a;
+}
+
+/* n packed sign words -> +1/-1 floats of c channels per row of nw = ceil(c / 64) words */
+static float *rd_sign_rows(rd_t *r, size_t rows, int32_t c, const char *what) {
+    size_t nw = ((size_t)c + 63) / 64, n, bytes;
+    if (!mul_ok(rows, nw, SIZE_MAX / 64, &n) || !mul_ok(n, 8, SIZE_MAX, &bytes) || !need(r, bytes)) return NULL;
+    if (!mul_ok(rows, (size_t)c, SIZE_MAX / 8, &n)) { fail(r, BS_ERR_RANGE, "%s count overflows", what); return NULL; }
+    float *a = xalloc(r, n * sizeof(float));
+    if (!a) return NULL;
+    uint64_t padmask = (c % 64) ? ~(((uint64_t)1 << (c % 64)) - 1) : 0;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < nw; j++) {
+            uint64_t v = rd_u64_at(r->p + r->pos);
+            r->pos += 8;
+            if (j == nw - 1 && (v & padmask)) {
+                fail(r, BS_ERR_RANGE, "%s bits set beyond the %d channels of row %zu (padding bits must be 0)", what,
+                     c, i);
+                free(a);
+                return NULL;
+            }
+            for (size_t b = 0; b < 64 && j * 64 + b < (size_t)c; b++)
+                a[i * (size_t)c + j * 64 + b] = (v >> b) & 1 ? -1.0f : 1.0f;
+        }
+    return a;
+}
+
+/* cin, cout and groups of a convolution: groups divide both, and the input has cin channels */
+static int rd_channels(rd_t *r, bs_op *op, bs_shape si) {
+    op->cin = rd_i32(r);
+    op->cout = rd_i32(r);
+    op->groups = rd_i32(r);
+    if (!check_dim(r, "in channels", op->cin, 1) || !check_dim(r, "out channels", op->cout, 1) ||
+        !check_dim(r, "groups", op->groups, 1))
+        return 0;
+    if (op->cin % op->groups || op->cout % op->groups) {
+        fail(r, BS_ERR_RANGE, "groups = %d must divide cin = %d and cout = %d", op->groups, op->cin, op->cout);
+        return 0;
+    }
+    if (si.c != op->cin) {
+        fail(r, BS_ERR_GRAPH, "the input has %d channels, the op expects %d", si.c, op->cin);
+        return 0;
+    }
+    return 1;
+}
+
+static int conv_shape(rd_t *r, const bs_op *op, bs_shape si, bs_shape *so) {
+    if (is_1d(op->type) && si.h != 1) {
+        fail(r, BS_ERR_GRAPH, "a 1-D op needs a [1][t][c] input, got height %d", si.h);
+        return 0;
+    }
+    if (!conv_out(r, si.h, op->g.kh, op->g.sh, op->g.pt, op->g.pb, op->g.dh, &so->h, "height") ||
+        !conv_out(r, si.w, op->g.kw, op->g.sw, op->g.pl, op->g.pr, op->g.dw, &so->w, "width"))
+        return 0;
+    so->c = op->cout;
+    return 1;
+}
+
+/* float-activation conv (conv2d / conv1d): weights as f32, f16 or signs times a scale */
+static void parse_float_conv(rd_t *r, bs_op *op, bs_shape si, bs_shape *so) {
+    if (!want_dtype(r, si, BS_F32, 0) || !rd_channels(r, op, si)) return;
+    if (!(op->type == BS_OP_CONV1D ? rd_geom1(r, &op->g) : rd_geom2(r, &op->g))) return;
+    int32_t has_bias = rd_i32(r), wdtype = rd_i32(r);
+    if (r->err) return;
+    if (has_bias != 0 && has_bias != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", has_bias); return; }
+    if (wdtype < BS_W_F32 || wdtype > BS_W_SIGN) { fail(r, BS_ERR_UNSUPPORTED, "weight dtype %d", wdtype); return; }
+    if (!conv_shape(r, op, si, so)) return;
+    const size_t G = (size_t)op->groups, cg = (size_t)op->cin / G, cog = (size_t)op->cout / G;
+    size_t taps = (size_t)op->g.kh * (size_t)op->g.kw, n;
+    if (taps > BS_MAX_ELEMS || !mul_ok(taps, cg, BS_MAX_ELEMS, &n) || !mul_ok(n, (size_t)op->cout, SIZE_MAX / 64, &n)) {
+        fail(r, BS_ERR_RANGE, "weight count overflows");
+        return;
+    }
+    float *w = wdtype == BS_W_F32   ? rd_f32_array(r, n, 1, "weight")
+               : wdtype == BS_W_F16 ? rd_f16_array(r, n, "weight")
+                                    : rd_sign_rows(r, (size_t)op->cout * taps, (int32_t)cg, "weight");
+    if (wdtype == BS_W_SIGN) op->wscale = rd_f32_array(r, (size_t)op->cout, 1, "weight_scale");
+    if (has_bias) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+    if (r->err) { free(w); return; }
+    /* [cout][kh][kw][cin/g] in the file -> [g][kh][kw][cin/g][cout/g] (depthwise: [kh][kw][c]) */
+    op->depthwise = cg == 1 && cog == 1;
+    op->wf = xalloc(r, n * sizeof(float));
+    if (op->wf)
+        for (size_t o = 0; o < (size_t)op->cout; o++) {
+            size_t grp = o / cog, oo = o % cog;
+            for (size_t t = 0; t < taps; t++)
+                for (size_t c = 0; c < cg; c++) {
+                    float v = w[(o * taps + t) * cg + c];
+                    if (op->depthwise)
+                        op->wf[t * G + grp] = v;
+                    else
+                        op->wf[((grp * taps + t) * cg + c) * cog + oo] = v;
+                }
+        }
+    free(w);
+    so->dtype = BS_F32;
+}
+
+/* binary conv (binary_conv2d / binary_conv1d) on bits */
+static void parse_binary_conv(rd_t *r, bs_op *op, bs_shape si, bs_shape *so) {
+    if (!want_dtype(r, si, BS_BITS, 0) || !rd_channels(r, op, si)) return;
+    if (!(op->type == BS_OP_BINARY_CONV1D ? rd_geom1(r, &op->g) : rd_geom2(r, &op->g))) return;
+    op->mode = rd_i32(r);
+    if (r->err || !conv_shape(r, op, si, so)) return;
+    if (op->mode < BS_BOUT_DOT || op->mode > BS_BOUT_BITS) {
+        fail(r, BS_ERR_UNSUPPORTED, "binary conv output mode %d", op->mode);
+        return;
+    }
+    const int32_t G = op->groups, cg = op->cin / G, cog = op->cout / G;
+    const int nwi = (cg + 63) / 64;
+    size_t taps = (size_t)op->g.kh * (size_t)op->g.kw, k, n;
+    if (taps > BS_MAX_ELEMS) { fail(r, BS_ERR_RANGE, "kernel of %zu taps", taps); return; }
+    /* the file stores nwi words per tap; the engine keeps each output channel's taps densely packed
+     * (tap t's channels at bits [t * cg, (t + 1) * cg)), padded with zeros to a multiple of 4 words */
+    if (!mul_ok(taps, (size_t)nwi, (size_t)1 << 24, &k)) { fail(r, BS_ERR_RANGE, "binary kernel of more than 2^30 bits"); return; }
+    size_t kbits = taps * (size_t)cg, kw4 = ((kbits + 63) / 64 + 3) / 4 * 4;
+    op->nwi = nwi;
+    op->kwords = (int32_t)kw4;
+    if (!mul_ok(k, (size_t)op->cout * 8, SIZE_MAX / 2, &n) || !need(r, n)) return;
+    if (!mul_ok(kw4, (size_t)op->cout, SIZE_MAX / 16, &n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return; }
+    op->wbits = xalloc(r, n * 8 + 64); /* + slack: vector loads never leave the buffer */
+    op->wpop = xalloc(r, taps * (size_t)op->cout * sizeof(int32_t));
+    if (r->err) return;
+    uint64_t padmask = (cg % 64) ? ~(((uint64_t)1 << (cg % 64)) - 1) : 0;
+    for (int32_t o = 0; o < op->cout; o++) {
+        uint64_t *dst = op->wbits + (size_t)o * kw4;
+        int32_t grp = o / cog, oo = o % cog;
+        for (size_t t = 0; t < taps; t++) {
+            int32_t pc = 0;
+            size_t bit = t * (size_t)cg;
+            for (int j = 0; j < nwi; j++, bit += 64) {
+                uint64_t v = rd_u64_at(r->p + r->pos);
+                r->pos += 8;
+                if (j == nwi - 1 && (v & padmask)) {
+                    fail(r, BS_ERR_RANGE, "weight bits of output channel %d, tap %zu set beyond the %d "
+                         "input channels (padding bits must be 0)", o, t, cg);
+                    return;
+                }
+                dst[bit / 64] |= v << (bit % 64);
+                if (bit % 64 && bit / 64 + 1 < kw4) dst[bit / 64 + 1] |= v >> (64 - bit % 64);
+                pc += __builtin_popcountll(v);
+            }
+            op->wpop[((size_t)grp * taps + t) * (size_t)cog + (size_t)oo] = pc;
+        }
+    }
+    if (op->mode == BS_BOUT_FLOAT) {
+        op->scale = rd_f32_array(r, (size_t)op->cout, 1, "scale");
+        op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+        so->dtype = BS_F32;
+    } else if (op->mode == BS_BOUT_BITS) {
+        op->thr = rd_i32_array(r, (size_t)op->cout);
+        int32_t *fl = rd_i32_array(r, (size_t)op->cout);
+        if (r->err) { free(fl); return; }
+        op->flip = xalloc(r, (size_t)op->cout);
+        op->fsign = xalloc(r, (size_t)op->cout * sizeof(int32_t));
+        for (int32_t o = 0; o < op->cout && !r->err; o++) {
+            if (fl[o] != 0 && fl[o] != 1) {
+                fail(r, BS_ERR_RANGE, "flip[%d] = %d is not 0 or 1", o, fl[o]);
+            } else {
+                op->flip[o] = (uint8_t)fl[o];
+                op->fsign[o] = 1 - 2 * fl[o];
+            }
+        }
+        free(fl);
+        so->dtype = BS_BITS;
+    } else {
+        so->dtype = BS_F32;
+    }
+}
+
+static int scale_zero_ok(rd_t *r, float scale, int32_t zero, const char *what) {
+    if (r->err) return 0;
+    if (!isfinite(scale) || !(scale > 0) || zero < -128 || zero > 127) {
+        fail(r, BS_ERR_RANGE, "%s scale %g / zero point %d: need a finite scale > 0 and a zero point in [-128, 127]",
+             what, (double)scale, zero);
+        return 0;
+    }
+    return 1;
+}
+
+/* in_scale in_zero out_mode out_scale out_zero relu; then the per-channel multipliers are
+ * in_scale * weight_scale[o] (float32) */
+static int rd_qparams(rd_t *r, bs_op *op) {
+    op->qscale = rd_f32(r);
+    op->qzero = rd_i32(r);
+    op->mode = rd_i32(r);
+    op->oscale = rd_f32(r);
+    op->ozero = rd_i32(r);
+    op->aux = rd_i32(r);
+    if (!scale_zero_ok(r, op->qscale, op->qzero, "input")) return 0;
+    if (op->mode != BS_QOUT_FLOAT && op->mode != BS_QOUT_INT8) { fail(r, BS_ERR_UNSUPPORTED, "int8 output mode %d", op->mode); return 0; }
+    if (op->aux != 0 && op->aux != 1) { fail(r, BS_ERR_RANGE, "relu = %d", op->aux); return 0; }
+    if (op->mode == BS_QOUT_INT8 && !scale_zero_ok(r, op->oscale, op->ozero, "output")) return 0;
+    return 1;
+}
+
+static void rd_qweights(rd_t *r, bs_op *op, size_t n, int has_bias) {
+    op->wq = rd_i8_array(r, n);
+    op->wscale = rd_f32_array(r, (size_t)op->cout, 1, "weight_scale");
+    if (has_bias) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+    for (int32_t o = 0; o < op->cout && !r->err; o++) {
+        if (!(op->wscale[o] > 0)) { fail(r, BS_ERR_RANGE, "weight_scale[%d] = %g is not > 0", o, (double)op->wscale[o]); return; }
+        op->wscale[o] = op->qscale * op->wscale[o];
+    }
+}
+
+static void parse_qconv(rd_t *r, bs_op *op, bs_shape si, bs_shape *so) {
+    if (!want_dtype(r, si, BS_I8, 0) || !rd_channels(r, op, si)) return;
+    if (!(op->type == BS_OP_QCONV1D ? rd_geom1(r, &op->g) : rd_geom2(r, &op->g))) return;
+    int32_t has_bias = rd_i32(r);
+    if (r->err) return;
+    if (has_bias != 0 && has_bias != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", has_bias); return; }
+    if (!rd_qparams(r, op) || !conv_shape(r, op, si, so)) return;
+    size_t taps = (size_t)op->g.kh * (size_t)op->g.kw, n;
+    if (taps > BS_MAX_ELEMS || !mul_ok(taps, (size_t)(op->cin / op->groups), BS_MAX_ELEMS, &n) ||
+        !mul_ok(n, (size_t)op->cout, SIZE_MAX / 64, &n)) {
+        fail(r, BS_ERR_RANGE, "weight count overflows");
+        return;
+    }
+    if (taps * (size_t)(op->cin / op->groups) > BS_MAX_QFAN) {
+        fail(r, BS_ERR_RANGE, "int8 kernel of %zu inputs per output: more than %d could overflow the int32 sum",
+             taps * (size_t)(op->cin / op->groups), BS_MAX_QFAN);
+        return;
+    }
+    rd_qweights(r, op, n, has_bias);
+    so->dtype = op->mode == BS_QOUT_INT8 ? BS_I8 : BS_F32;
+}
+
+/* pools: 2-D kh kw sh sw ph pw ceil_mode [count_include_pad]; 1-D k s p ceil_mode [count_include_pad] */
+static void parse_pool(rd_t *r, bs_op *op, bs_shape si, bs_shape *so) {
+    int avg = op->type == BS_OP_AVGPOOL2D || op->type == BS_OP_AVGPOOL1D;
+    bs_geom *g = &op->g;
+    if (is_1d(op->type)) {
+        g->kh = g->sh = 1;
+        g->pt = g->pb = 0;
+        g->kw = rd_i32(r); g->sw = rd_i32(r);
+        g->pl = g->pr = rd_i32(r);
+    } else {
+        g->kh = rd_i32(r); g->kw = rd_i32(r); g->sh = rd_i32(r); g->sw = rd_i32(r);
+        g->pt = g->pb = rd_i32(r);
+        g->pl = g->pr = rd_i32(r);
+    }
+    g->dh = g->dw = 1;
+    op->mode = rd_i32(r); /* ceil_mode */
+    if (avg) op->aux = rd_i32(r); /* count_include_pad */
+    if (!check_dim(r, "pool height", g->kh, 1) || !check_dim(r, "pool width", g->kw, 1) ||
+        !check_dim(r, "pool stride", g->sh, 1) || !check_dim(r, "pool stride", g->sw, 1) ||
+        !check_dim(r, "pool padding", g->pt, 0) || !check_dim(r, "pool padding", g->pl, 0))
+        return;
+    if (!want_dtype(r, si, BS_F32, avg ? 0 : BS_BITS)) return;
+    if (is_1d(op->type) && si.h != 1) { fail(r, BS_ERR_GRAPH, "a 1-D pool needs a [1][t][c] input, got height %d", si.h); return; }
+    if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "ceil_mode = %d", op->mode); return; }
+    if (avg && op->aux != 0 && op->aux != 1) { fail(r, BS_ERR_RANGE, "count_include_pad = %d", op->aux); return; }
+    if (2 * g->pt > g->kh || 2 * g->pl > g->kw) {
+        fail(r, BS_ERR_RANGE, "pool padding must be at most half the pool size");
+        return;
+    }
+    /* torch's pooling output size, with ceil_mode's rule that the last window starts inside */
+    int32_t dims[2] = {si.h, si.w}, k[2] = {g->kh, g->kw}, s[2] = {g->sh, g->sw}, p[2] = {g->pt, g->pl}, o[2];
+    for (int a = 0; a < 2; a++) {
+        int64_t num = (int64_t)dims[a] + 2 * p[a] - k[a];
+        if (num < 0) { fail(r, BS_ERR_GRAPH, "pool window %d larger than the padded input %d", k[a], dims[a] + 2 * p[a]); return; }
+        int64_t out = (op->mode ? (num + s[a] - 1) / s[a] : num / s[a]) + 1;
+        if (op->mode && (out - 1) * s[a] >= (int64_t)dims[a] + p[a]) out--;
+        o[a] = (int32_t)out;
+    }
+    *so = (bs_shape){o[0], o[1], si.c, si.dtype};
+}
+
+/* linear / qlinear over the hwc-flattened input */
+static int rd_dense_dims(rd_t *r, bs_op *op, bs_shape si, size_t *n) {
+    op->cin = rd_i32(r);
+    op->cout = rd_i32(r);
+    if (r->err) return 0;
+    size_t nin = (size_t)si.h * si.w * si.c;
+    if (op->cin < 1 || (size_t)op->cin != nin) { fail(r, BS_ERR_GRAPH, "dense layer expects %d inputs, the input tensor has %zu", op->cin, nin); return 0; }
+    if (!check_dim(r, "dense outputs", op->cout, 1)) return 0;
+    if (!mul_ok(nin, (size_t)op->cout, SIZE_MAX / 64, n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return 0; }
+    return 1;
+}
+
+static int axis_ok(rd_t *r, int32_t a) {
+    if (r->err) return 0;
+    if (a < BS_AXIS_H || a > BS_AXIS_C) { fail(r, BS_ERR_RANGE, "axis %d is not 0 (h), 1 (w) or 2 (c)", a); return 0; }
+    return 1;
+}
+
+static int32_t dim_of(bs_shape s, int a) { return a == BS_AXIS_H ? s.h : a == BS_AXIS_W ? s.w : s.c; }
+static void set_dim(bs_shape *s, int a, int32_t v) {
+    if (a == BS_AXIS_H) s->h = v;
+    else if (a == BS_AXIS_W) s->w = v;
+    else s->c = v;
 }
 
 /* parse the body of an op record into op; the shapes of its inputs come from g */
@@ -330,8 +686,7 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
         op->has_floor = rd_i32(r);
         op->floor_off = rd_f32(r);
         op->eps = rd_f32(r);
-        if (r->err) return;
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "feature_norm needs floats"); return; }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
         if (op->mode < BS_NORM_NONE || op->mode > BS_NORM_EXAMPLE) { fail(r, BS_ERR_UNSUPPORTED, "norm mode %d", op->mode); return; }
         if ((op->has_floor != 0 && op->has_floor != 1) || !isfinite(op->floor_off) || !isfinite(op->eps) ||
             op->eps < 0) {
@@ -342,209 +697,191 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
         break;
     case BS_OP_AFFINE: {
         int32_t c = rd_i32(r);
-        if (r->err) return;
-        if (si.dtype != BS_F32 || c != si.c) { fail(r, BS_ERR_GRAPH, "affine over %d channels, input has %d floats", c, si.c); return; }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        if (c != si.c) { fail(r, BS_ERR_GRAPH, "affine over %d channels, input has %d", c, si.c); return; }
         op->cin = op->cout = c;
         op->scale = rd_f32_array(r, (size_t)c, 1, "scale");
         op->bias = rd_f32_array(r, (size_t)c, 1, "bias");
         so = si;
         break;
     }
-    case BS_OP_ACT:
+    case BS_OP_ACTIVATION: {
         op->mode = rd_i32(r);
+        int32_t c = rd_i32(r);
         if (r->err) return;
-        if (op->mode != BS_ACT_RELU && op->mode != BS_ACT_TANH && op->mode != BS_ACT_PRELU) {
+        if (op->mode < BS_ACT_RELU || op->mode > BS_ACT_SIGMOID) {
             fail(r, BS_ERR_UNSUPPORTED, "activation kind %d", op->mode);
             return;
         }
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "activation needs floats"); return; }
-        if (op->mode == BS_ACT_PRELU) { /* i32 c; f32 slope[c] */
-            int32_t c = rd_i32(r);
-            if (r->err) return;
-            if (c != si.c) { fail(r, BS_ERR_GRAPH, "prelu over %d channels, input has %d", c, si.c); return; }
-            op->scale = rd_f32_array(r, (size_t)c, 1, "slope");
-        }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        if (c != si.c) { fail(r, BS_ERR_GRAPH, "activation over %d channels, input has %d", c, si.c); return; }
+        if (op->mode == BS_ACT_PRELU) op->scale = rd_f32_array(r, (size_t)c, 1, "slope");
         so = si;
         break;
-    case BS_OP_CONV2D:
-    case BS_OP_BCONV2D: {
-        op->cin = rd_i32(r);
-        op->cout = rd_i32(r);
-        if (!check_dim(r, "in channels", op->cin, 1) || !check_dim(r, "out channels", op->cout, 1)) return;
-        if (!rd_geom(r, &op->g)) return;
-        op->mode = rd_i32(r); /* conv2d: has_bias; bconv2d: output mode */
-        if (r->err) return;
-        int want = type == BS_OP_CONV2D ? BS_F32 : BS_BITS;
-        if (si.dtype != want || si.c != op->cin) {
-            fail(r, BS_ERR_GRAPH, "input has %d %s channels, the op expects %d %s", si.c,
-                 si.dtype == BS_BITS ? "bit" : "float", op->cin, want == BS_BITS ? "bit" : "float");
-            return;
-        }
-        if (!conv_out(r, si.h, op->g.kh, op->g.sh, op->g.pt, op->g.pb, op->g.dh, &so.h, "height") ||
-            !conv_out(r, si.w, op->g.kw, op->g.sw, op->g.pl, op->g.pr, op->g.dw, &so.w, "width"))
-            return;
-        so.c = op->cout;
-        size_t taps = (size_t)op->g.kh * (size_t)op->g.kw;
-        if (taps > BS_MAX_ELEMS) { fail(r, BS_ERR_RANGE, "kernel of %zu taps", taps); return; }
-        if (type == BS_OP_CONV2D) {
-            if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", op->mode); return; }
-            if (!mul_ok(taps, (size_t)op->cin, SIZE_MAX / 64, &n) || !mul_ok(n, (size_t)op->cout, SIZE_MAX / 64, &n)) {
-                fail(r, BS_ERR_RANGE, "weight count overflows");
-                return;
-            }
-            float *w = rd_f32_array(r, n, 1, "weight");
-            if (op->mode) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
-            if (r->err) { free(w); return; }
-            /* [cout][kh][kw][cin] in the file -> [kh][kw][cin][cout] for the engine */
-            op->wf = xalloc(r, n * sizeof(float));
-            if (op->wf) {
-                size_t inner = taps * (size_t)op->cin;
-                for (size_t o = 0; o < (size_t)op->cout; o++)
-                    for (size_t j = 0; j < inner; j++) op->wf[j * op->cout + o] = w[o * inner + j];
-            }
-            free(w);
-            so.dtype = BS_F32;
-        } else {
-            int nwi = (op->cin + 63) / 64;
-            size_t k, kbits, kw4;
-            /* the file stores nwi words per tap; the engine keeps each output channel's taps
-             * densely packed (tap t's channels at bits [t * cin, (t + 1) * cin)), padded with
-             * zeros to a multiple of 4 words */
-            if (!mul_ok(taps, (size_t)nwi, (size_t)1 << 24, &k)) { fail(r, BS_ERR_RANGE, "binary kernel of more than 2^30 bits"); return; }
-            kbits = taps * (size_t)op->cin;
-            kw4 = ((kbits + 63) / 64 + 3) / 4 * 4;
-            op->nwi = nwi;
-            op->kwords = (int32_t)kw4;
-            if (!mul_ok(k, (size_t)op->cout * 8, SIZE_MAX / 2, &n) || !need(r, n)) return;
-            if (!mul_ok(kw4, (size_t)op->cout, SIZE_MAX / 16, &n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return; }
-            op->wbits = xalloc(r, n * 8 + 64); /* + slack: vector loads never leave the buffer */
-            op->wpop = xalloc(r, taps * (size_t)op->cout * sizeof(int32_t));
-            if (r->err) return;
-            /* bits that must be zero in the last word of each tap */
-            uint64_t padmask = (op->cin % 64) ? ~(((uint64_t)1 << (op->cin % 64)) - 1) : 0;
-            for (int32_t o = 0; o < op->cout; o++) {
-                uint64_t *dst = op->wbits + (size_t)o * kw4;
-                for (size_t t = 0; t < taps; t++) {
-                    int32_t pc = 0;
-                    size_t bit = t * (size_t)op->cin;
-                    for (int j = 0; j < nwi; j++, bit += 64) {
-                        uint64_t v = rd_u64_at(r->p + r->pos);
-                        r->pos += 8;
-                        if (j == nwi - 1 && (v & padmask)) {
-                            fail(r, BS_ERR_RANGE, "weight bits of output channel %d, tap %zu set beyond the %d "
-                                 "input channels (padding bits must be 0)", o, t, op->cin);
-                            return;
-                        }
-                        dst[bit / 64] |= v << (bit % 64);
-                        if (bit % 64 && bit / 64 + 1 < kw4) dst[bit / 64 + 1] |= v >> (64 - bit % 64);
-                        pc += __builtin_popcountll(v);
-                    }
-                    op->wpop[t * (size_t)op->cout + o] = pc;
-                }
-            }
-            if (op->mode == BS_BOUT_FLOAT) {
-                op->scale = rd_f32_array(r, (size_t)op->cout, 1, "scale");
-                op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
-                so.dtype = BS_F32;
-            } else if (op->mode == BS_BOUT_BITS) {
-                op->thr = rd_i32_array(r, (size_t)op->cout);
-                int32_t *fl = rd_i32_array(r, (size_t)op->cout);
-                if (r->err) { free(fl); return; }
-                op->flip = xalloc(r, (size_t)op->cout);
-                op->fsign = xalloc(r, (size_t)op->cout * sizeof(int32_t));
-                for (int32_t o = 0; o < op->cout && !r->err; o++) {
-                    if (fl[o] != 0 && fl[o] != 1) {
-                        fail(r, BS_ERR_RANGE, "flip[%d] = %d is not 0 or 1", o, fl[o]);
-                    } else {
-                        op->flip[o] = (uint8_t)fl[o];
-                        op->fsign[o] = 1 - 2 * fl[o];
-                    }
-                }
-                free(fl);
-                so.dtype = BS_BITS;
-            } else if (op->mode == BS_BOUT_DOT) {
-                so.dtype = BS_F32;
-            } else {
-                fail(r, BS_ERR_UNSUPPORTED, "binary conv output mode %d", op->mode);
-                return;
-            }
-        }
-        break;
     }
+    case BS_OP_CONV2D:
+    case BS_OP_CONV1D:
+        parse_float_conv(r, op, si, &so);
+        break;
+    case BS_OP_BINARY_CONV2D:
+    case BS_OP_BINARY_CONV1D:
+        parse_binary_conv(r, op, si, &so);
+        break;
+    case BS_OP_QCONV2D:
+    case BS_OP_QCONV1D:
+        parse_qconv(r, op, si, &so);
+        break;
     case BS_OP_PACK: {
         int32_t c = rd_i32(r);
-        if (r->err) return;
-        if (si.dtype != BS_F32 || c != si.c) { fail(r, BS_ERR_GRAPH, "pack of %d channels, input has %d floats", c, si.c); return; }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        if (c != si.c) { fail(r, BS_ERR_GRAPH, "pack of %d channels, input has %d", c, si.c); return; }
         so = si;
         so.dtype = BS_BITS;
         break;
     }
-    case BS_OP_MAXPOOL: {
-        op->g.kh = rd_i32(r); op->g.kw = rd_i32(r); op->g.sh = rd_i32(r); op->g.sw = rd_i32(r);
-        op->g.pt = op->g.pb = rd_i32(r);
-        op->g.pl = op->g.pr = rd_i32(r);
-        op->g.dh = op->g.dw = 1;
-        op->mode = rd_i32(r); /* ceil_mode */
-        if (!check_dim(r, "pool height", op->g.kh, 1) || !check_dim(r, "pool width", op->g.kw, 1) ||
-            !check_dim(r, "pool stride", op->g.sh, 1) || !check_dim(r, "pool stride", op->g.sw, 1) ||
-            !check_dim(r, "pool padding", op->g.pt, 0) || !check_dim(r, "pool padding", op->g.pl, 0))
-            return;
-        if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "ceil_mode = %d", op->mode); return; }
-        if (2 * op->g.pt > op->g.kh || 2 * op->g.pl > op->g.kw) {
-            fail(r, BS_ERR_RANGE, "pool padding must be at most half the pool size");
-            return;
-        }
-        /* torch's pooling output size, with ceil_mode's rule that the last window starts inside */
-        int32_t dims[2] = {si.h, si.w}, k[2] = {op->g.kh, op->g.kw}, s[2] = {op->g.sh, op->g.sw},
-                p[2] = {op->g.pt, op->g.pl}, o[2];
-        for (int a = 0; a < 2; a++) {
-            int64_t num = (int64_t)dims[a] + 2 * p[a] - k[a];
-            if (num < 0) { fail(r, BS_ERR_GRAPH, "pool window %d larger than the padded input %d", k[a], dims[a] + 2 * p[a]); return; }
-            int64_t out = (op->mode ? (num + s[a] - 1) / s[a] : num / s[a]) + 1;
-            if (op->mode && (out - 1) * s[a] >= (int64_t)dims[a] + p[a]) out--;
-            o[a] = (int32_t)out;
-        }
-        so = (bs_shape){o[0], o[1], si.c, si.dtype};
+    case BS_OP_MAXPOOL2D:
+    case BS_OP_MAXPOOL1D:
+    case BS_OP_AVGPOOL2D:
+    case BS_OP_AVGPOOL1D:
+        parse_pool(r, op, si, &so);
         break;
-    }
-    case BS_OP_GAP:
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "global average pool needs floats"); return; }
+    case BS_OP_GLOBAL_AVG_POOL:
+        if (!want_dtype(r, si, BS_F32, 0)) return;
         so = (bs_shape){1, 1, si.c, BS_F32};
         break;
     case BS_OP_LINEAR: {
-        op->cin = rd_i32(r);
-        op->cout = rd_i32(r);
-        op->mode = rd_i32(r);
+        if (!want_dtype(r, si, BS_F32, 0) || !rd_dense_dims(r, op, si, &n)) return;
+        int32_t has_bias = rd_i32(r), wdtype = rd_i32(r);
         if (r->err) return;
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "linear needs floats"); return; }
-        size_t nin = (size_t)si.h * si.w * si.c;
-        if (op->cin < 1 || (size_t)op->cin != nin) { fail(r, BS_ERR_GRAPH, "linear expects %d inputs, the input tensor has %zu", op->cin, nin); return; }
-        if (!check_dim(r, "linear outputs", op->cout, 1)) return;
-        if (op->mode != 0 && op->mode != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", op->mode); return; }
-        if (!mul_ok(nin, (size_t)op->cout, SIZE_MAX / 64, &n)) { fail(r, BS_ERR_RANGE, "weight count overflows"); return; }
-        op->wf = rd_f32_array(r, n, 1, "weight");
-        if (op->mode) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
+        if (has_bias != 0 && has_bias != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", has_bias); return; }
+        if (wdtype == BS_W_F32)
+            op->wf = rd_f32_array(r, n, 1, "weight");
+        else if (wdtype == BS_W_F16)
+            op->wf = rd_f16_array(r, n, "weight");
+        else if (wdtype == BS_W_SIGN) {
+            op->wf = rd_sign_rows(r, (size_t)op->cout, op->cin, "weight");
+            op->wscale = rd_f32_array(r, (size_t)op->cout, 1, "weight_scale");
+        } else {
+            fail(r, BS_ERR_UNSUPPORTED, "weight dtype %d", wdtype);
+            return;
+        }
+        if (has_bias) op->bias = rd_f32_array(r, (size_t)op->cout, 1, "bias");
         so = (bs_shape){1, 1, op->cout, BS_F32};
+        break;
+    }
+    case BS_OP_QLINEAR: {
+        if (!want_dtype(r, si, BS_I8, 0) || !rd_dense_dims(r, op, si, &n)) return;
+        op->groups = 1;
+        int32_t has_bias = rd_i32(r);
+        if (r->err) return;
+        if (has_bias != 0 && has_bias != 1) { fail(r, BS_ERR_RANGE, "has_bias = %d", has_bias); return; }
+        if (!rd_qparams(r, op)) return;
+        if (op->cin > BS_MAX_QFAN) {
+            fail(r, BS_ERR_RANGE, "int8 dense layer of %d inputs: more than %d could overflow the int32 sum", op->cin,
+                 BS_MAX_QFAN);
+            return;
+        }
+        rd_qweights(r, op, n, has_bias);
+        so = (bs_shape){1, 1, op->cout, op->mode == BS_QOUT_INT8 ? BS_I8 : BS_F32};
         break;
     }
     case BS_OP_ADD: {
         op->mode = rd_i32(r);
         if (r->err) return;
-        if (!get_in(r, g, ns, op->in1, &op->s1, BS_F32, "shortcut")) return;
+        if (!get_in(r, g, ns, op->in1, &op->s1, BS_F32, "shortcut") || !want_dtype(r, si, BS_F32, 0)) return;
         bs_shape sb = op->s1;
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "add needs floats"); return; }
-        if (sb.h != si.h || sb.w != si.w) { fail(r, BS_ERR_GRAPH, "add of %dx%d and %dx%d maps", si.h, si.w, sb.h, sb.w); return; }
-        if ((op->mode == BS_ADD_IDENTITY && sb.c != si.c) || (op->mode == BS_ADD_PAD && sb.c > si.c) ||
-            (op->mode == BS_ADD_GROUP_MEAN && sb.c % si.c != 0)) {
-            fail(r, BS_ERR_GRAPH, "shortcut mode %d cannot map %d channels onto %d", op->mode, sb.c, si.c);
+        if (op->mode == BS_ADD_SAME) {
+            if (sb.c != si.c || (sb.h != 1 && sb.h != si.h) || (sb.w != 1 && sb.w != si.w)) {
+                fail(r, BS_ERR_GRAPH, "cannot add a %dx%dx%d tensor to %dx%dx%d (h and w may broadcast from 1)", sb.h,
+                     sb.w, sb.c, si.h, si.w, si.c);
+                return;
+            }
+        } else if (op->mode == BS_ADD_PAD || op->mode == BS_ADD_GROUP_MEAN) {
+            if (sb.h != si.h || sb.w != si.w) { fail(r, BS_ERR_GRAPH, "add of %dx%d and %dx%d maps", si.h, si.w, sb.h, sb.w); return; }
+            if ((op->mode == BS_ADD_PAD && sb.c > si.c) || (op->mode == BS_ADD_GROUP_MEAN && sb.c % si.c != 0)) {
+                fail(r, BS_ERR_GRAPH, "shortcut mode %d cannot map %d channels onto %d", op->mode, sb.c, si.c);
+                return;
+            }
+        } else {
+            fail(r, BS_ERR_UNSUPPORTED, "add mode %d", op->mode);
             return;
         }
-        if (op->mode < BS_ADD_IDENTITY || op->mode > BS_ADD_GROUP_MEAN) { fail(r, BS_ERR_UNSUPPORTED, "add mode %d", op->mode); return; }
         so = si;
         break;
     }
+    case BS_OP_CONCAT: {
+        op->aux = rd_i32(r);
+        if (!axis_ok(r, op->aux)) return;
+        if (!get_in(r, g, ns, op->in1, &op->s1, BS_F32, "second input") || !want_dtype(r, si, BS_F32, 0)) return;
+        for (int a = 0; a < 3; a++)
+            if (a != op->aux && dim_of(si, a) != dim_of(op->s1, a)) {
+                fail(r, BS_ERR_GRAPH, "concat of %dx%dx%d and %dx%dx%d along axis %d", si.h, si.w, si.c, op->s1.h,
+                     op->s1.w, op->s1.c, op->aux);
+                return;
+            }
+        so = si;
+        int64_t total = (int64_t)dim_of(si, op->aux) + dim_of(op->s1, op->aux);
+        if (total > BS_MAX_DIM) { fail(r, BS_ERR_RANGE, "concatenated size %lld exceeds %d", (long long)total, BS_MAX_DIM); return; }
+        set_dim(&so, op->aux, (int32_t)total);
+        break;
+    }
+    case BS_OP_SLICE: {
+        op->aux = rd_i32(r);
+        op->start = rd_i32(r);
+        op->stop = rd_i32(r);
+        if (!axis_ok(r, op->aux) || !want_dtype(r, si, BS_F32, 0)) return;
+        int32_t len_a = dim_of(si, op->aux);
+        if (op->start < 0 || op->start >= op->stop || op->stop > len_a) {
+            fail(r, BS_ERR_RANGE, "slice %d:%d of an axis of %d", op->start, op->stop, len_a);
+            return;
+        }
+        so = si;
+        set_dim(&so, op->aux, op->stop - op->start);
+        break;
+    }
+    case BS_OP_FREQ_AFFINE: {
+        int32_t h = rd_i32(r), c = rd_i32(r);
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        if (h != si.h || c != si.c) { fail(r, BS_ERR_GRAPH, "freq_affine over %dx%d, input %dx%d", h, c, si.h, si.c); return; }
+        n = (size_t)h * (size_t)c;
+        op->scale = rd_f32_array(r, n, 1, "scale");
+        op->bias = rd_f32_array(r, n, 1, "bias");
+        so = si;
+        break;
+    }
+    case BS_OP_NORMALIZE:
+        op->mode = rd_i32(r);
+        op->eps = rd_f32(r);
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        if (op->mode < 1 || op->mode > 7) { fail(r, BS_ERR_RANGE, "axes mask %d must be 1..7", op->mode); return; }
+        if (!isfinite(op->eps) || op->eps < 0) { fail(r, BS_ERR_RANGE, "eps %g", (double)op->eps); return; }
+        so = si;
+        break;
+    case BS_OP_PERMUTE: {
+        int seen = 0;
+        for (int a = 0; a < 3; a++) {
+            op->perm[a] = rd_i32(r);
+            if (!r->err && (op->perm[a] < 0 || op->perm[a] > 2 || (seen & (1 << op->perm[a])))) {
+                fail(r, BS_ERR_RANGE, "(%d, %d, %d) is not a permutation of the axes", op->perm[0], op->perm[1], op->perm[2]);
+                return;
+            }
+            if (!r->err) seen |= 1 << op->perm[a];
+        }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
+        so = (bs_shape){dim_of(si, op->perm[0]), dim_of(si, op->perm[1]), dim_of(si, op->perm[2]), BS_F32};
+        break;
+    }
+    case BS_OP_QUANTIZE:
+    case BS_OP_DEQUANTIZE:
+        op->qscale = rd_f32(r);
+        op->qzero = rd_i32(r);
+        if (!scale_zero_ok(r, op->qscale, op->qzero, op_type_name(type))) return;
+        if (!want_dtype(r, si, type == BS_OP_QUANTIZE ? BS_F32 : BS_I8, 0)) return;
+        so = si;
+        so.dtype = type == BS_OP_QUANTIZE ? BS_I8 : BS_F32;
+        break;
     case BS_OP_OUTPUT:
-        if (si.dtype != BS_F32) { fail(r, BS_ERR_GRAPH, "the output must be floats"); return; }
+        if (!want_dtype(r, si, BS_F32, 0)) return;
         if (op->out != op->in0) { fail(r, BS_ERR_GRAPH, "output record must name the same slot twice"); return; }
         m->output_slot = op->in0;
         m->n_out = si.h * si.w * si.c;
@@ -664,6 +1001,8 @@ int bs_bitserial_build(bs_op *op) {
 static void free_op(bs_op *op) {
     free_bitserial(op->bser);
     free(op->wf);
+    free(op->wscale);
+    free(op->wq);
     free(op->bias);
     free(op->scale);
     free(op->wbits);
@@ -804,8 +1143,8 @@ int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, si
     }
     for (int i = 0; i < m->n_ops; i++) {
         bs_op *op = &m->ops[i];
-        size_t need_b = 0;
-        if (op->type == BS_OP_BCONV2D) {
+        int binary = op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D;
+        if (binary && op->groups == 1) {
             size_t kbits = (size_t)op->g.kh * op->g.kw * op->cin;
             if (kbits >= BS_BITSERIAL_MIN_BITS &&
                 (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS && bs_bitserial_build(op) != BS_OK) {
@@ -814,12 +1153,8 @@ int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, si
                 free_bitserial(op->bser);
                 op->bser = NULL;
             }
-            need_b = bs_bconv_scratch_bytes(op);
-        } else if (op->type == BS_OP_FEATURE_NORM) {
-            need_b = align64((size_t)op->so.h * op->so.c * 8);
-        } else if (op->type == BS_OP_CONV2D) {
-            need_b = align64((size_t)op->cout * 8);
         }
+        size_t need_b = bs_op_scratch_bytes(op);
         if (need_b > scratch) scratch = need_b;
     }
     m->scratch_off = off;

@@ -100,7 +100,8 @@ BS_CLONES static void op_affine(const bs_op *op, const float *x, float *y) {
 
 static void op_act(const bs_op *op, const float *x, float *y) {
     size_t n = (size_t)op->s0.h * op->s0.w * op->s0.c;
-    if (op->mode == BS_ACT_PRELU) { /* torch.nn.PReLU: x >= 0 ? x : slope x (nan stays nan) */
+    switch (op->mode) {
+    case BS_ACT_PRELU: { /* torch.nn.PReLU: x >= 0 ? x : slope x (nan stays nan) */
         size_t px = (size_t)op->s0.h * op->s0.w;
         int32_t c = op->s0.c;
         for (size_t p = 0; p < px; p++)
@@ -108,38 +109,96 @@ static void op_act(const bs_op *op, const float *x, float *y) {
                 float v = x[p * c + k];
                 y[p * c + k] = v >= 0 ? v : v * op->scale[k];
             }
-    } else if (op->mode == BS_ACT_RELU)
+        break;
+    }
+    case BS_ACT_RELU:
         for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (x[i] == x[i] ? 0.0f : x[i]);
-    else
+        break;
+    case BS_ACT_TANH:
         for (size_t i = 0; i < n; i++) y[i] = tanhf(x[i]);
+        break;
+    case BS_ACT_SILU: /* x * sigmoid(x) */
+        for (size_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+        break;
+    default: /* BS_ACT_SIGMOID */
+        for (size_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    }
 }
 
-/* float convolution; weights [kh][kw][cin][cout] (transposed at load), double accumulators,
- * vectorized over output channels */
-BS_CLONES static void op_conv2d(const bs_op *op, const float *x, float *y, double *acc) {
+/* the output of a float conv or dense layer from its double sum: 1-bit weights are summed as
+ * +-x and scaled afterwards; shared by the fast paths and the references */
+float bs_conv_finish(const bs_op *op, int32_t o, double acc) {
+    if (op->wscale) return (float)acc * op->wscale[o] + (op->bias ? op->bias[o] : 0.0f);
+    return (float)(acc + (op->bias ? (double)op->bias[o] : 0.0));
+}
+
+/* the input window of output pixel (oy, ox) along one axis: taps [k0, k1) fall inside */
+static void valid_taps(int64_t i0, int32_t k, int32_t d, int32_t n, int32_t *k0, int32_t *k1) {
+    int32_t a = 0, b = k;
+    while (a < k && i0 + (int64_t)a * d < 0) a++;
+    while (b > a && i0 + (int64_t)(b - 1) * d >= n) b--;
+    *k0 = a;
+    *k1 = b;
+}
+
+/* depthwise conv (one input and one output channel per group): weights [kh][kw][c], vectorized
+ * over the channels */
+BS_CLONES static void conv_depthwise(const bs_op *op, const float *x, float *y, double *acc) {
     const bs_geom *g = &op->g;
     bs_shape si = op->s0, so = op->so;
-    int32_t cin = op->cin, cout = op->cout;
+    const int32_t c = op->cout;
     for (int32_t oy = 0; oy < so.h; oy++)
         for (int32_t ox = 0; ox < so.w; ox++) {
-            float *dst = y + ((size_t)oy * so.w + ox) * cout;
-            for (int32_t o = 0; o < cout; o++) acc[o] = op->bias ? (double)op->bias[o] : 0.0;
-            for (int32_t ky = 0; ky < g->kh; ky++) {
-                int64_t iy = (int64_t)oy * g->sh - g->pt + (int64_t)ky * g->dh;
-                if (iy < 0 || iy >= si.h) continue;
-                for (int32_t kx = 0; kx < g->kw; kx++) {
-                    int64_t ix = (int64_t)ox * g->sw - g->pl + (int64_t)kx * g->dw;
-                    if (ix < 0 || ix >= si.w) continue;
-                    const float *src = x + ((size_t)iy * si.w + (size_t)ix) * cin;
-                    const float *wt = op->wf + ((size_t)ky * g->kw + kx) * cin * cout;
-                    for (int32_t c = 0; c < cin; c++) {
-                        const double xv = src[c];
-                        const float *wc = wt + (size_t)c * cout;
-                        for (int32_t o = 0; o < cout; o++) acc[o] += xv * (double)wc[o];
-                    }
+            int64_t iy0 = (int64_t)oy * g->sh - g->pt, ix0 = (int64_t)ox * g->sw - g->pl;
+            int32_t ky0, ky1, kx0, kx1;
+            valid_taps(iy0, g->kh, g->dh, si.h, &ky0, &ky1);
+            valid_taps(ix0, g->kw, g->dw, si.w, &kx0, &kx1);
+            for (int32_t k = 0; k < c; k++) acc[k] = 0.0;
+            for (int32_t ky = ky0; ky < ky1; ky++)
+                for (int32_t kx = kx0; kx < kx1; kx++) {
+                    const float *src = x + ((size_t)(iy0 + (int64_t)ky * g->dh) * si.w + (size_t)(ix0 + (int64_t)kx * g->dw)) * c;
+                    const float *wt = op->wf + ((size_t)ky * g->kw + kx) * c;
+                    for (int32_t k = 0; k < c; k++) acc[k] += (double)src[k] * (double)wt[k];
                 }
+            float *dst = y + ((size_t)oy * so.w + ox) * c;
+            for (int32_t k = 0; k < c; k++) dst[k] = bs_conv_finish(op, k, acc[k]);
+        }
+}
+
+/* float convolution (grouped; 1-D as 1 x k); weights [g][kh][kw][cin/g][cout/g] (transposed at
+ * load), double accumulators, vectorized over the output channels of a group */
+BS_CLONES static void op_conv(const bs_op *op, const float *x, float *y, double *acc) {
+    if (op->depthwise) {
+        conv_depthwise(op, x, y, acc);
+        return;
+    }
+    const bs_geom *g = &op->g;
+    bs_shape si = op->s0, so = op->so;
+    const int32_t cin = op->cin, cout = op->cout, G = op->groups, cg = cin / G, cog = cout / G;
+    const size_t taps = (size_t)g->kh * g->kw;
+    for (int32_t oy = 0; oy < so.h; oy++)
+        for (int32_t ox = 0; ox < so.w; ox++) {
+            int64_t iy0 = (int64_t)oy * g->sh - g->pt, ix0 = (int64_t)ox * g->sw - g->pl;
+            int32_t ky0, ky1, kx0, kx1;
+            valid_taps(iy0, g->kh, g->dh, si.h, &ky0, &ky1);
+            valid_taps(ix0, g->kw, g->dw, si.w, &kx0, &kx1);
+            float *dst = y + ((size_t)oy * so.w + ox) * cout;
+            for (int32_t grp = 0; grp < G; grp++) {
+                for (int32_t o = 0; o < cog; o++) acc[o] = 0.0;
+                for (int32_t ky = ky0; ky < ky1; ky++)
+                    for (int32_t kx = kx0; kx < kx1; kx++) {
+                        const float *src = x + ((size_t)(iy0 + (int64_t)ky * g->dh) * si.w +
+                                                (size_t)(ix0 + (int64_t)kx * g->dw)) * cin + (size_t)grp * cg;
+                        const float *wt = op->wf + (((size_t)grp * taps + (size_t)ky * g->kw + kx) * cg) * cog;
+                        for (int32_t c = 0; c < cg; c++) {
+                            const double xv = src[c];
+                            const float *wc = wt + (size_t)c * cog;
+                            for (int32_t o = 0; o < cog; o++) acc[o] += xv * (double)wc[o];
+                        }
+                    }
+                for (int32_t o = 0; o < cog; o++) dst[grp * cog + o] = bs_conv_finish(op, grp * cog + o, acc[o]);
             }
-            for (int32_t o = 0; o < cout; o++) dst[o] = (float)acc[o];
         }
 }
 
@@ -193,6 +252,42 @@ static void op_maxpool_bits(const bs_op *op, const uint64_t *x, uint64_t *y) {
         }
 }
 
+/* the divisor of an average-pool window, as torch's AvgPool: the window clipped to the padded
+ * input (count_include_pad) or to the input; *empty when no input element is inside */
+void bs_avgpool_window(const bs_op *op, int32_t oy, int32_t ox, int32_t *y0, int32_t *y1, int32_t *x0, int32_t *x1,
+                       int32_t *div) {
+    const bs_geom *g = &op->g;
+    const bs_shape si = op->s0;
+    int64_t hs = (int64_t)oy * g->sh - g->pt, ws = (int64_t)ox * g->sw - g->pl;
+    int64_t he = hs + g->kh < (int64_t)si.h + g->pb ? hs + g->kh : (int64_t)si.h + g->pb;
+    int64_t we = ws + g->kw < (int64_t)si.w + g->pr ? ws + g->kw : (int64_t)si.w + g->pr;
+    int64_t padded = (he - hs) * (we - ws);
+    if (hs < 0) hs = 0;
+    if (ws < 0) ws = 0;
+    if (he > si.h) he = si.h;
+    if (we > si.w) we = si.w;
+    *y0 = (int32_t)hs; *y1 = (int32_t)he; *x0 = (int32_t)ws; *x1 = (int32_t)we;
+    *div = (int32_t)(op->aux ? padded : (he - hs) * (we - ws));
+}
+
+BS_CLONES static void op_avgpool(const bs_op *op, const float *x, float *y, double *acc) {
+    bs_shape si = op->s0, so = op->so;
+    int32_t c = si.c;
+    for (int32_t oy = 0; oy < so.h; oy++)
+        for (int32_t ox = 0; ox < so.w; ox++) {
+            float *dst = y + ((size_t)oy * so.w + ox) * c;
+            int32_t y0, y1, x0, x1, div;
+            bs_avgpool_window(op, oy, ox, &y0, &y1, &x0, &x1, &div);
+            for (int32_t k = 0; k < c; k++) acc[k] = 0.0;
+            for (int32_t iy = y0; iy < y1; iy++)
+                for (int32_t ix = x0; ix < x1; ix++) {
+                    const float *src = x + ((size_t)iy * si.w + (size_t)ix) * c;
+                    for (int32_t k = 0; k < c; k++) acc[k] += src[k];
+                }
+            for (int32_t k = 0; k < c; k++) dst[k] = y1 > y0 && x1 > x0 ? (float)(acc[k] / div) : 0.0f;
+        }
+}
+
 static void op_gap(const bs_op *op, const float *x, float *y) {
     size_t px = (size_t)op->s0.h * op->s0.w;
     int32_t c = op->s0.c;
@@ -216,26 +311,197 @@ static void op_linear(const bs_op *op, const float *x, float *y) {
             a3 += (double)w[i + 3] * x[i + 3];
         }
         for (; i < nin; i++) a0 += (double)w[i] * x[i];
-        y[o] = (float)((a0 + a1) + (a2 + a3) + (op->bias ? op->bias[o] : 0.0));
+        y[o] = bs_conv_finish(op, o, (a0 + a1) + (a2 + a3));
     }
 }
 
 static void op_add(const bs_op *op, const float *a, const float *b, float *y) {
-    size_t px = (size_t)op->s0.h * op->s0.w;
-    int32_t ca = op->s0.c, cb = op->s1.c;
-    for (size_t p = 0; p < px; p++) {
-        const float *pa = a + p * ca, *pb = b + p * cb;
-        float *py = y + p * ca;
-        if (op->mode == BS_ADD_GROUP_MEAN) {
-            int32_t gsz = cb / ca;
-            for (int32_t k = 0; k < ca; k++) {
-                float s = 0;
-                for (int32_t j = 0; j < gsz; j++) s += pb[k * gsz + j];
-                py[k] = pa[k] + s / (float)gsz;
+    const bs_shape sa = op->s0, sb = op->s1;
+    const int32_t ca = sa.c, cb = sb.c;
+    for (int32_t i = 0; i < sa.h; i++)
+        for (int32_t j = 0; j < sa.w; j++) {
+            size_t p = (size_t)i * sa.w + j;
+            const float *pa = a + p * ca;
+            float *py = y + p * ca;
+            if (op->mode == BS_ADD_SAME) { /* in1 may broadcast along h or w */
+                const float *pb = b + ((size_t)(sb.h == 1 ? 0 : i) * sb.w + (size_t)(sb.w == 1 ? 0 : j)) * cb;
+                for (int32_t k = 0; k < ca; k++) py[k] = pa[k] + pb[k];
+            } else if (op->mode == BS_ADD_GROUP_MEAN) {
+                const float *pb = b + p * cb;
+                int32_t gsz = cb / ca;
+                for (int32_t k = 0; k < ca; k++) {
+                    float s = 0;
+                    for (int32_t q = 0; q < gsz; q++) s += pb[k * gsz + q];
+                    py[k] = pa[k] + s / (float)gsz;
+                }
+            } else { /* BS_ADD_PAD: the shortcut's missing channels are 0 */
+                const float *pb = b + p * cb;
+                for (int32_t k = 0; k < ca; k++) py[k] = pa[k] + (k < cb ? pb[k] : 0.0f);
             }
-        } else {
-            for (int32_t k = 0; k < ca; k++) py[k] = pa[k] + (k < cb ? pb[k] : 0.0f);
         }
+}
+
+/* concatenation and slicing of channels-last maps: runs of contiguous floats */
+static void op_concat(const bs_op *op, const float *a, const float *b, float *y) {
+    const bs_shape sa = op->s0, sb = op->s1;
+    /* outer: how many runs; each run copies na floats of a then nb floats of b */
+    size_t outer, na, nb;
+    if (op->aux == BS_AXIS_H) {
+        outer = 1; na = (size_t)sa.h * sa.w * sa.c; nb = (size_t)sb.h * sb.w * sb.c;
+    } else if (op->aux == BS_AXIS_W) {
+        outer = (size_t)sa.h; na = (size_t)sa.w * sa.c; nb = (size_t)sb.w * sb.c;
+    } else {
+        outer = (size_t)sa.h * sa.w; na = (size_t)sa.c; nb = (size_t)sb.c;
+    }
+    for (size_t i = 0; i < outer; i++) {
+        memcpy(y, a + i * na, na * sizeof(float));
+        memcpy(y + na, b + i * nb, nb * sizeof(float));
+        y += na + nb;
+    }
+}
+
+static void op_slice(const bs_op *op, const float *x, float *y) {
+    const bs_shape si = op->s0;
+    size_t outer, run, inner; /* per outer index: skip start * inner, copy (stop - start) * inner */
+    if (op->aux == BS_AXIS_H) {
+        outer = 1; run = (size_t)si.h; inner = (size_t)si.w * si.c;
+    } else if (op->aux == BS_AXIS_W) {
+        outer = (size_t)si.h; run = (size_t)si.w; inner = (size_t)si.c;
+    } else {
+        outer = (size_t)si.h * si.w; run = (size_t)si.c; inner = 1;
+    }
+    size_t n = (size_t)(op->stop - op->start) * inner;
+    for (size_t i = 0; i < outer; i++) memcpy(y + i * n, x + i * run * inner + (size_t)op->start * inner, n * sizeof(float));
+}
+
+/* y[h][w][c] = x * scale[h][c] + bias[h][c] */
+BS_CLONES static void op_freq_affine(const bs_op *op, const float *x, float *y) {
+    const bs_shape s = op->s0;
+    for (int32_t i = 0; i < s.h; i++) {
+        const float *sc = op->scale + (size_t)i * s.c, *bi = op->bias + (size_t)i * s.c;
+        for (int32_t j = 0; j < s.w; j++) {
+            size_t p = ((size_t)i * s.w + j) * s.c;
+            for (int32_t k = 0; k < s.c; k++) y[p + k] = x[p + k] * sc[k] + bi[k];
+        }
+    }
+}
+
+/* (x - mean) / sqrt(var + eps) over the axes of the mask (1 h, 2 w, 4 c), biased variance, for
+ * every index of the other axes; stats holds two doubles per such index */
+static void op_normalize(const bs_op *op, const float *x, float *y, double *stats) {
+    const bs_shape s = op->s0;
+    const int mh = op->mode & 1, mw = op->mode & 2, mc = op->mode & 4;
+    const size_t GH = mh ? 1 : (size_t)s.h, GW = mw ? 1 : (size_t)s.w, GC = mc ? 1 : (size_t)s.c;
+    const double count = (double)(mh ? s.h : 1) * (mw ? s.w : 1) * (mc ? s.c : 1);
+    const size_t ng = GH * GW * GC;
+    double *mean = stats, *var = stats + ng;
+    for (size_t q = 0; q < ng; q++) mean[q] = var[q] = 0.0;
+#define BS_GROUP(i, j, k) ((((mh ? 0 : (size_t)(i)) * GW) + (mw ? 0 : (size_t)(j))) * GC + (mc ? 0 : (size_t)(k)))
+    for (int32_t i = 0; i < s.h; i++)
+        for (int32_t j = 0; j < s.w; j++)
+            for (int32_t k = 0; k < s.c; k++) mean[BS_GROUP(i, j, k)] += x[((size_t)i * s.w + j) * s.c + k];
+    for (size_t q = 0; q < ng; q++) mean[q] /= count;
+    for (int32_t i = 0; i < s.h; i++)
+        for (int32_t j = 0; j < s.w; j++)
+            for (int32_t k = 0; k < s.c; k++) {
+                double d = x[((size_t)i * s.w + j) * s.c + k] - mean[BS_GROUP(i, j, k)];
+                var[BS_GROUP(i, j, k)] += d * d;
+            }
+    for (size_t q = 0; q < ng; q++) var[q] = 1.0 / sqrt(var[q] / count + (double)op->eps);
+    for (int32_t i = 0; i < s.h; i++)
+        for (int32_t j = 0; j < s.w; j++)
+            for (int32_t k = 0; k < s.c; k++) {
+                size_t q = BS_GROUP(i, j, k), p = ((size_t)i * s.w + j) * s.c + k;
+                y[p] = (float)((x[p] - mean[q]) * var[q]);
+            }
+#undef BS_GROUP
+}
+
+/* output axis a is input axis perm[a] */
+static void op_permute(const bs_op *op, const float *x, float *y) {
+    const bs_shape si = op->s0, so = op->so;
+    size_t stride_in[3] = {(size_t)si.w * si.c, (size_t)si.c, 1};
+    size_t s0 = stride_in[op->perm[0]], s1 = stride_in[op->perm[1]], s2 = stride_in[op->perm[2]];
+    for (int32_t i = 0; i < so.h; i++)
+        for (int32_t j = 0; j < so.w; j++)
+            for (int32_t k = 0; k < so.c; k++) *y++ = x[(size_t)i * s0 + (size_t)j * s1 + (size_t)k * s2];
+}
+
+/* ---- int8 ---- */
+int8_t bs_quantize_value(float x, float scale, int32_t zero) {
+    float v = nearbyintf(x / scale) + (float)zero; /* round half to even, as torch.quantize_per_tensor */
+    if (!(v > -128.0f)) return x != x ? (int8_t)zero : (int8_t)-128;
+    if (v > 127.0f) return 127;
+    return (int8_t)v;
+}
+
+float bs_requant_float(const bs_op *op, int32_t o, int32_t acc) {
+    float v = (float)acc * op->wscale[o];
+    if (op->bias) v += op->bias[o];
+    if (op->aux && !(v > 0.0f)) v = 0.0f;
+    return v;
+}
+
+static void q_store(const bs_op *op, int32_t o, int32_t acc, void *y, size_t idx) {
+    float v = bs_requant_float(op, o, acc);
+    if (op->mode == BS_QOUT_INT8)
+        ((int8_t *)y)[idx] = bs_quantize_value(v, op->oscale, op->ozero);
+    else
+        ((float *)y)[idx] = v;
+}
+
+static void op_quantize(const bs_op *op, const float *x, int8_t *y) {
+    size_t n = (size_t)op->s0.h * op->s0.w * op->s0.c;
+    for (size_t i = 0; i < n; i++) y[i] = bs_quantize_value(x[i], op->qscale, op->qzero);
+}
+
+static void op_dequantize(const bs_op *op, const int8_t *x, float *y) {
+    size_t n = (size_t)op->s0.h * op->s0.w * op->s0.c;
+    for (size_t i = 0; i < n; i++) y[i] = (float)((int32_t)x[i] - op->qzero) * op->qscale;
+}
+
+/* int8 conv: per output pixel and group, the patch (x - zero) as int16 (0 in the padding, which
+ * torch fills with the zero point), then an int32 dot with each output channel's weights */
+BS_CLONES static void op_qconv(const bs_op *op, const int8_t *x, void *y, int16_t *patch) {
+    const bs_geom *g = &op->g;
+    const bs_shape si = op->s0, so = op->so;
+    const int32_t cin = op->cin, cout = op->cout, G = op->groups, cg = cin / G, cog = cout / G;
+    const size_t taps = (size_t)g->kh * g->kw, kn = taps * (size_t)cg;
+    for (int32_t oy = 0; oy < so.h; oy++)
+        for (int32_t ox = 0; ox < so.w; ox++) {
+            const size_t opix = (size_t)oy * so.w + ox;
+            for (int32_t grp = 0; grp < G; grp++) {
+                for (int32_t ky = 0; ky < g->kh; ky++)
+                    for (int32_t kx = 0; kx < g->kw; kx++) {
+                        int64_t iy = (int64_t)oy * g->sh - g->pt + (int64_t)ky * g->dh;
+                        int64_t ix = (int64_t)ox * g->sw - g->pl + (int64_t)kx * g->dw;
+                        int16_t *d = patch + ((size_t)ky * g->kw + kx) * cg;
+                        if (iy < 0 || iy >= si.h || ix < 0 || ix >= si.w) {
+                            memset(d, 0, (size_t)cg * sizeof(int16_t));
+                        } else {
+                            const int8_t *src = x + ((size_t)iy * si.w + (size_t)ix) * cin + (size_t)grp * cg;
+                            for (int32_t c = 0; c < cg; c++) d[c] = (int16_t)(src[c] - op->qzero);
+                        }
+                    }
+                for (int32_t oo = 0; oo < cog; oo++) {
+                    const int32_t o = grp * cog + oo;
+                    const int8_t *w = op->wq + (size_t)o * kn;
+                    int32_t acc = 0;
+                    for (size_t i = 0; i < kn; i++) acc += (int32_t)patch[i] * (int32_t)w[i];
+                    q_store(op, o, acc, y, opix * cout + o);
+                }
+            }
+        }
+}
+
+BS_CLONES static void op_qlinear(const bs_op *op, const int8_t *x, void *y, int16_t *patch) {
+    const size_t nin = (size_t)op->cin;
+    for (size_t i = 0; i < nin; i++) patch[i] = (int16_t)(x[i] - op->qzero);
+    for (int32_t o = 0; o < op->cout; o++) {
+        const int8_t *w = op->wq + (size_t)o * nin;
+        int32_t acc = 0;
+        for (size_t i = 0; i < nin; i++) acc += (int32_t)patch[i] * (int32_t)w[i];
+        q_store(op, o, acc, y, (size_t)o);
     }
 }
 
@@ -366,6 +632,116 @@ static void bconv_fast(const bs_op *op, const bs_kernels *k, const uint64_t *x, 
     }
 }
 
+/* a grouped binary conv runs group by group: the group's input channels are copied into a packed
+ * map of their own, the group runs as an ungrouped conv (without a bit-serial plan), and its
+ * outputs are copied into place */
+static bs_op group_op(const bs_op *op, int32_t grp) {
+    const int32_t G = op->groups, cg = op->cin / G, cog = op->cout / G;
+    const size_t taps = (size_t)op->g.kh * op->g.kw;
+    bs_op s = *op;
+    s.groups = 1;
+    s.cin = cg;
+    s.cout = cog;
+    s.s0.c = cg;
+    s.so.c = cog;
+    s.bser = NULL;
+    s.wbits = op->wbits + (size_t)grp * cog * op->kwords;
+    s.wpop = op->wpop + (size_t)grp * taps * cog;
+    if (op->thr) s.thr = op->thr + (size_t)grp * cog;
+    if (op->flip) s.flip = op->flip + (size_t)grp * cog;
+    if (op->fsign) s.fsign = op->fsign + (size_t)grp * cog;
+    if (op->scale) s.scale = op->scale + (size_t)grp * cog;
+    if (op->bias) s.bias = op->bias + (size_t)grp * cog;
+    return s;
+}
+
+/* n bits of src starting at bit `from` -> dst words from bit 0 (the rest of the last word 0) */
+static void extract_bits(const uint64_t *src, size_t src_words, size_t from, size_t n, uint64_t *dst) {
+    for (size_t j = 0; j * 64 < n; j++) {
+        size_t b = from + j * 64, w = b / 64, sh = b % 64;
+        uint64_t v = src[w] >> sh;
+        if (sh && w + 1 < src_words) v |= src[w + 1] << (64 - sh);
+        if (n - j * 64 < 64) v &= ((uint64_t)1 << (n - j * 64)) - 1;
+        dst[j] = v;
+    }
+}
+
+/* OR the n-bit value words of src into dst from bit `at` (dst's bits there are 0) */
+static void insert_bits(const uint64_t *src, size_t n, uint64_t *dst, size_t dst_words, size_t at) {
+    for (size_t j = 0; j * 64 < n; j++) {
+        size_t b = at + j * 64, w = b / 64, sh = b % 64;
+        dst[w] |= src[j] << sh;
+        if (sh && w + 1 < dst_words) dst[w + 1] |= src[j] >> (64 - sh);
+    }
+}
+
+static size_t grouped_io_bytes(const bs_op *op, size_t *in_bytes) {
+    const int32_t G = op->groups, cg = op->cin / G, cog = op->cout / G;
+    const size_t npix = (size_t)op->so.h * op->so.w, nwg = ((size_t)cg + 63) / 64, nwog = ((size_t)cog + 63) / 64;
+    const size_t per = (size_t)cog * 4 > nwog * 8 ? (size_t)cog * 4 : nwog * 8;
+    *in_bytes = a64((size_t)op->s0.h * op->s0.w * nwg * 8);
+    return *in_bytes + a64(npix * per);
+}
+
+static void bconv_grouped(const bs_op *op, const bs_kernels *k, const uint64_t *x, void *y, void *scratch) {
+    const int32_t G = op->groups, cg = op->cin / G, cog = op->cout / G;
+    const size_t npix_in = (size_t)op->s0.h * op->s0.w, npix = (size_t)op->so.h * op->so.w;
+    const size_t nwi = ((size_t)op->cin + 63) / 64, nwg = ((size_t)cg + 63) / 64;
+    const size_t nwo = ((size_t)op->cout + 63) / 64, nwog = ((size_t)cog + 63) / 64;
+    size_t in_bytes, io = grouped_io_bytes(op, &in_bytes);
+    uint64_t *xin = (uint64_t *)scratch;
+    void *yg = (char *)scratch + in_bytes;
+    void *work = (char *)scratch + io;
+    if (op->mode == BS_BOUT_BITS) memset(y, 0, npix * nwo * 8);
+    for (int32_t grp = 0; grp < G; grp++) {
+        for (size_t p = 0; p < npix_in; p++)
+            extract_bits(x + p * nwi, nwi, (size_t)grp * cg, (size_t)cg, xin + p * nwg);
+        bs_op sub = group_op(op, grp);
+        bconv_fast(&sub, k, xin, yg, work);
+        for (size_t p = 0; p < npix; p++) {
+            if (op->mode == BS_BOUT_BITS)
+                insert_bits((uint64_t *)yg + p * nwog, (size_t)cog, (uint64_t *)y + p * nwo, nwo, (size_t)grp * cog);
+            else
+                memcpy((float *)y + p * op->cout + (size_t)grp * cog, (float *)yg + p * cog, (size_t)cog * 4);
+        }
+    }
+}
+
+size_t bs_op_scratch_bytes(const bs_op *op) {
+    switch (op->type) {
+    case BS_OP_BINARY_CONV2D:
+    case BS_OP_BINARY_CONV1D: {
+        if (op->groups == 1) return bs_bconv_scratch_bytes(op);
+        size_t in_bytes;
+        bs_op sub = group_op(op, 0);
+        return grouped_io_bytes(op, &in_bytes) + bs_bconv_scratch_bytes(&sub);
+    }
+    case BS_OP_FEATURE_NORM: return a64((size_t)op->so.h * op->so.c * 8);
+    case BS_OP_CONV2D:
+    case BS_OP_CONV1D:
+    case BS_OP_AVGPOOL2D:
+    case BS_OP_AVGPOOL1D: return a64((size_t)(op->cout > op->s0.c ? op->cout : op->s0.c) * 8);
+    case BS_OP_QCONV2D:
+    case BS_OP_QCONV1D: return a64((size_t)op->g.kh * op->g.kw * (size_t)(op->cin / op->groups) * 2);
+    case BS_OP_QLINEAR: return a64((size_t)op->cin * 2);
+    case BS_OP_NORMALIZE: {
+        const bs_shape s = op->s0;
+        size_t ng = (size_t)(op->mode & 1 ? 1 : s.h) * (op->mode & 2 ? 1 : s.w) * (op->mode & 4 ? 1 : s.c);
+        return a64(2 * ng * 8);
+    }
+    default: return 0;
+    }
+}
+
+static void run_binary_conv(const bs_op *op, const bs_kernels *k, const uint64_t *x, void *y, void *scratch) {
+    if (k->reference)
+        bs_ref_bconv2d(op, x, y);
+    else if (op->groups == 1)
+        bconv_fast(op, k, x, y, scratch);
+    else
+        bconv_grouped(op, k, x, y, scratch);
+}
+
 void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
     const bs_op *op = &m->ops[i];
     void *y = slot(m, arena, op->out);
@@ -375,16 +751,19 @@ void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
     case BS_OP_INPUT: break; /* done by bs_model_run */
     case BS_OP_FEATURE_NORM: op_feature_norm(op, x, y, scratch); break;
     case BS_OP_AFFINE: op_affine(op, x, y); break;
-    case BS_OP_ACT: op_act(op, x, y); break;
-    case BS_OP_CONV2D: op_conv2d(op, x, y, scratch); break;
-    case BS_OP_PACK: k->pack(x, (size_t)op->s0.h * op->s0.w, op->s0.c, y); break;
-    case BS_OP_BCONV2D:
+    case BS_OP_ACTIVATION: op_act(op, x, y); break;
+    case BS_OP_CONV2D:
+    case BS_OP_CONV1D:
         if (k->reference)
-            bs_ref_bconv2d(op, x, y);
+            bs_ref_conv2d(op, x, y);
         else
-            bconv_fast(op, k, x, y, scratch);
+            op_conv(op, x, y, scratch);
         break;
-    case BS_OP_MAXPOOL:
+    case BS_OP_PACK: k->pack(x, (size_t)op->s0.h * op->s0.w, op->s0.c, y); break;
+    case BS_OP_BINARY_CONV2D:
+    case BS_OP_BINARY_CONV1D: run_binary_conv(op, k, x, y, scratch); break;
+    case BS_OP_MAXPOOL2D:
+    case BS_OP_MAXPOOL1D:
         if (op->s0.dtype == BS_BITS) {
             if (k->reference)
                 bs_ref_maxpool_bits(op, x, y);
@@ -394,9 +773,31 @@ void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
             op_maxpool_f32(op, x, y);
         }
         break;
-    case BS_OP_GAP: op_gap(op, x, y); break;
+    case BS_OP_AVGPOOL2D:
+    case BS_OP_AVGPOOL1D:
+        if (k->reference)
+            bs_ref_avgpool(op, x, y);
+        else
+            op_avgpool(op, x, y, scratch);
+        break;
+    case BS_OP_GLOBAL_AVG_POOL: op_gap(op, x, y); break;
     case BS_OP_LINEAR: op_linear(op, x, y); break;
     case BS_OP_ADD: op_add(op, x, slot(m, arena, op->in1), y); break;
+    case BS_OP_CONCAT: op_concat(op, x, slot(m, arena, op->in1), y); break;
+    case BS_OP_SLICE: op_slice(op, x, y); break;
+    case BS_OP_FREQ_AFFINE: op_freq_affine(op, x, y); break;
+    case BS_OP_NORMALIZE: op_normalize(op, x, y, scratch); break;
+    case BS_OP_PERMUTE: op_permute(op, x, y); break;
+    case BS_OP_QUANTIZE: op_quantize(op, x, y); break;
+    case BS_OP_DEQUANTIZE: op_dequantize(op, x, y); break;
+    case BS_OP_QCONV2D:
+    case BS_OP_QCONV1D:
+        if (k->reference)
+            bs_ref_qconv2d(op, x, y);
+        else
+            op_qconv(op, x, y, scratch);
+        break;
+    case BS_OP_QLINEAR: op_qlinear(op, x, y, scratch); break;
     case BS_OP_OUTPUT: break;
     default: break;
     }

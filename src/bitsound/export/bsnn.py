@@ -62,19 +62,30 @@ def _op_body(g: Graph, i: int) -> bytes:
     return b"".join(parts)
 
 
-def to_bytes(g: Graph) -> bytes:
-    """Serialise ``g`` (which must end in its output op)."""
+def records(g: Graph) -> list[bytes]:
+    """The records of ``g`` (which must end in its output op), metadata second, each with its header."""
     g.output  # noqa: B018 - raises when the graph has no output op
-    records = [_record(oc.BY_NAME[op.kind].code, _op_body(g, i)) for i, op in enumerate(g.ops)]
+    recs = [_record(oc.BY_NAME[op.kind].code, _op_body(g, i)) for i, op in enumerate(g.ops)]
     if g.meta is not None:
         text = json.dumps(g.meta, sort_keys=True).encode("utf-8")
-        records.insert(1, _record(oc.REC_META, struct.pack("<I", len(text)) + _pad4(text)))
-    payload = b"".join(records)
+        recs.insert(1, _record(oc.REC_META, struct.pack("<I", len(text)) + _pad4(text)))
+    return recs
+
+
+def assemble(recs: list[bytes], n_slots: int, *, version: tuple[int, int] = oc.FORMAT_VERSION) -> bytes:
+    """A whole file from records: header, records, CRC (the tests also build malformed files with it)."""
+    payload = b"".join(recs)
     total = oc.HEADER_BYTES + len(payload) + 4
-    header = oc.FORMAT_MAGIC + struct.pack("<HHIIIIIQ", *oc.FORMAT_VERSION, 0, oc.HEADER_BYTES, len(records),
-                                           len(g.tensors), 0, total)
+    header = oc.FORMAT_MAGIC + struct.pack(
+        "<HHIIIIIQ", *version, 0, oc.HEADER_BYTES, len(recs), n_slots, 0, total
+    )
     data = header + payload
     return data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def to_bytes(g: Graph) -> bytes:
+    """Serialise ``g`` (which must end in its output op)."""
+    return assemble(records(g), len(g.tensors))
 
 
 def write(g: Graph, path: str | Path) -> Path:
@@ -97,7 +108,7 @@ class _Reader:
     def take(self, n: int, end: int) -> bytes:
         if self.pos + n > end:
             raise self.fail(f"record ends at byte {end} but a field needs {n} bytes at {self.pos}")
-        b = self.d[self.pos:self.pos + n]
+        b = self.d[self.pos : self.pos + n]
         self.pos += n
         return b
 
@@ -119,8 +130,10 @@ def from_bytes(data: bytes, *, where: str = "bsnn data") -> Graph:
         raise r.fail("shorter than the header")
     major, minor, flags, hbytes, n_records, n_slots, _res, total = struct.unpack_from("<HHIIIIIQ", data, 8)
     if major != oc.FORMAT_VERSION[0]:
-        raise r.fail(f"format version {major}.{minor}; this bitsound reads {oc.FORMAT_VERSION[0]}.x: "
-                     f"re-export the model with this bitsound (`bitsound export --model DIR/model.pt`)")
+        raise r.fail(
+            f"format version {major}.{minor}; this bitsound reads {oc.FORMAT_VERSION[0]}.x: "
+            f"re-export the model with this bitsound (`bitsound export --model DIR/model.pt`)"
+        )
     if total != len(data):
         raise r.fail(f"the header says {total} bytes but the file has {len(data)}: truncated or padded")
     if struct.unpack_from("<I", data, len(data) - 4)[0] != zlib.crc32(data[:-4]) & 0xFFFFFFFF:
@@ -158,14 +171,15 @@ def from_bytes(data: bytes, *, where: str = "bsnn data") -> Graph:
                 arrays[a.name] = np.frombuffer(raw, dtype=_LE[a.dtype]).astype(_NATIVE[a.dtype])
         if r.pos != end:
             raise r.fail(f"record {rec} ({spec.name}): declares {size} bytes, its fields use {r.pos - start}")
-        inputs = [t for t in (in0, in1)[:spec.n_inputs]]
+        inputs = [t for t in (in0, in1)[: spec.n_inputs]]
         try:
             got = g.add(spec.name, inputs, params, arrays, name=name)
         except ExportError as err:
             raise r.fail(f"record {rec}: {err}") from None
         if got != out:
-            raise r.fail(f"record {rec} ({spec.name}): writes slot {out}, expected {got} "
-                         f"(one new slot per op)")
+            raise r.fail(
+                f"record {rec} ({spec.name}): writes slot {out}, expected {got} (one new slot per op)"
+            )
     if r.pos != body_end:
         raise r.fail(f"{body_end - r.pos} unread bytes after the last record")
     if len(g.tensors) != n_slots:

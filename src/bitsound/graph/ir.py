@@ -54,8 +54,9 @@ class Tensor:
 class Op:
     """One op: ``kind`` (an op name of :mod:`~bitsound.graph.opcodes`), tensor ids, params, arrays.
 
-    ``source`` is the PyTorch module the op came from (not serialised; passes use it to evaluate
-    a layer with PyTorch's own arithmetic).
+    ``source`` is the PyTorch module (or callable) the op came from and ``rank`` the number of
+    spatial axes PyTorch saw its output with (not serialised; passes use them to evaluate a layer
+    with PyTorch's own arithmetic).
     """
 
     kind: str
@@ -65,6 +66,7 @@ class Op:
     arrays: dict[str, np.ndarray]
     name: str = ""
     source: Any = field(default=None, repr=False, compare=False)
+    rank: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> oc.OpDef:
@@ -84,8 +86,17 @@ class Graph:
         self.meta: dict[str, Any] | None = None
 
     # -- building ------------------------------------------------------------------------------
-    def add(self, kind: str, inputs: list[int], params: dict[str, Any] | None = None,
-            arrays: dict[str, Any] | None = None, *, name: str = "", source: Any = None) -> int:
+    def add(
+        self,
+        kind: str,
+        inputs: list[int],
+        params: dict[str, Any] | None = None,
+        arrays: dict[str, Any] | None = None,
+        *,
+        name: str = "",
+        source: Any = None,
+        rank: int | None = None,
+    ) -> int:
         """Append an op; returns its output tensor id (the same id for ``output``).
 
         ``params`` must give every scalar of the op's record layout (``opcodes.OPS``);
@@ -109,8 +120,10 @@ class Graph:
         missing = [n for n in spec.param_names if n not in p]
         extra = [n for n in p if n not in spec.param_names]
         if missing or extra:
-            raise ExportError(f"{name or kind}: op {kind} params {list(spec.param_names)}; "
-                              f"missing {missing}, unknown {extra}")
+            raise ExportError(
+                f"{name or kind}: op {kind} params {list(spec.param_names)}; "
+                f"missing {missing}, unknown {extra}"
+            )
         for n, t in spec.params:
             p[n] = float(np.float32(p[n])) if t == "f32" else int(p[n])
         arrs = {}
@@ -141,7 +154,7 @@ class Graph:
         if given:
             raise ExportError(f"{name or kind}: unknown arrays {sorted(given)} for op {kind}")
         shape = infer(kind, [self.tensors[t] for t in inputs], p, arrs, name or kind)
-        op = Op(kind, list(inputs), -1, p, arrs, name=name, source=source)
+        op = Op(kind, list(inputs), -1, p, arrs, name=name, source=source, rank=rank)
         if kind == "output":
             op.output = inputs[0]
         else:
@@ -205,8 +218,15 @@ class Graph:
         g.meta = self.meta
         remap: dict[int, int] = {}
         for op in keep:
-            out = g.add(op.kind, [remap[t] for t in op.inputs], op.params, op.arrays, name=op.name,
-                        source=op.source)
+            out = g.add(
+                op.kind,
+                [remap[t] for t in op.inputs],
+                op.params,
+                op.arrays,
+                name=op.name,
+                source=op.source,
+                rank=op.rank,
+            )
             if op.kind != "output":
                 remap[op.output] = out
         return g
@@ -222,6 +242,7 @@ class Graph:
 # ---------------------------------------------------------------------------------------------
 # shape inference (the same rules as the engine's loader, engine/format.c)
 # ---------------------------------------------------------------------------------------------
+
 
 def conv_size(n: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
     """Output length of a convolution window (PyTorch's rule)."""
@@ -262,8 +283,11 @@ def _conv_out(x: Tensor, p: dict, name: str, one_d: bool) -> tuple[int, int]:
 
 def _groups(p: dict, name: str, cin_actual: int) -> None:
     g = p["groups"]
-    _need(g >= 1 and p["cin"] % g == 0 and p["cout"] % g == 0, name,
-          f"groups={g} must divide cin={p['cin']} and cout={p['cout']}")
+    _need(
+        g >= 1 and p["cin"] % g == 0 and p["cout"] % g == 0,
+        name,
+        f"groups={g} must divide cin={p['cin']} and cout={p['cout']}",
+    )
     _need(cin_actual == p["cin"], name, f"expects {p['cin']} input channels, its input has {cin_actual}")
 
 
@@ -339,12 +363,19 @@ def infer(kind: str, ins: list[Tensor], p: dict, arrays: dict, name: str) -> Ten
             ks, ss, ps = (p["kh"], p["kw"]), (p["sh"], p["sw"]), (p["ph"], p["pw"])
             dims = (x.h, x.w)
         _need(min(ks + ss) >= 1 and min(ps) >= 0 and p["ceil_mode"] in (0, 1), name, "bad pool geometry")
-        _need(all(2 * pp <= k for pp, k in zip(ps, ks, strict=True)), name,
-              "pool padding must be at most half the pool size")
-        _need(all(n + 2 * pp >= k for n, k, pp in zip(dims, ks, ps, strict=True)), name,
-              "pool window larger than the padded input")
-        out = [pool_size(n, k, s, pp, bool(p["ceil_mode"]))
-               for n, k, s, pp in zip(dims, ks, ss, ps, strict=True)]
+        _need(
+            all(2 * pp <= k for pp, k in zip(ps, ks, strict=True)),
+            name,
+            "pool padding must be at most half the pool size",
+        )
+        _need(
+            all(n + 2 * pp >= k for n, k, pp in zip(dims, ks, ps, strict=True)),
+            name,
+            "pool window larger than the padded input",
+        )
+        out = [
+            pool_size(n, k, s, pp, bool(p["ceil_mode"])) for n, k, s, pp in zip(dims, ks, ss, ps, strict=True)
+        ]
         oh, ow = (1, out[0]) if kind.endswith("1d") else out
         return Tensor(oh, ow, x.c, x.dtype)
     if kind == "global_avg_pool":
@@ -366,8 +397,11 @@ def infer(kind: str, ins: list[Tensor], p: dict, arrays: dict, name: str) -> Ten
         mode = p["mode"]
         if mode == oc.ADD_MODES["same"]:
             ok = y.c == x.c and y.h in (1, x.h) and y.w in (1, x.w)
-            _need(ok, name, f"cannot add a {y.h}x{y.w}x{y.c} tensor to {x.h}x{x.w}x{x.c} (h and w may "
-                            f"broadcast from 1)")
+            _need(
+                ok,
+                name,
+                f"cannot add a {y.h}x{y.w}x{y.c} tensor to {x.h}x{x.w}x{x.c} (h and w may broadcast from 1)",
+            )
         else:
             _need((y.h, y.w) == (x.h, x.w), name, f"add of {x.h}x{x.w} and {y.h}x{y.w} maps")
             if mode == oc.ADD_MODES["pad"]:
@@ -383,8 +417,11 @@ def infer(kind: str, ins: list[Tensor], p: dict, arrays: dict, name: str) -> Ten
         a = p["axis"]
         _need(a in (0, 1, 2), name, f"axis {a}")
         dx, dy = list(x.dims()), list(y.dims())
-        _need(all(dx[i] == dy[i] for i in range(3) if i != a), name,
-              f"concat of {x.dims()} and {y.dims()} along axis {a}")
+        _need(
+            all(dx[i] == dy[i] for i in range(3) if i != a),
+            name,
+            f"concat of {x.dims()} and {y.dims()} along axis {a}",
+        )
         dx[a] += dy[a]
         return Tensor(*dx)
     if kind == "slice":
@@ -404,13 +441,19 @@ def infer(kind: str, ins: list[Tensor], p: dict, arrays: dict, name: str) -> Ten
         return Tensor(*(d[i] for i in perm))
     if kind == "quantize":
         dtype_in("f32")
-        _need(p["scale"] > 0 and np.isfinite(p["scale"]) and -128 <= p["zero"] <= 127, name,
-              "quantize needs scale > 0 and zero in [-128, 127]")
+        _need(
+            p["scale"] > 0 and np.isfinite(p["scale"]) and -128 <= p["zero"] <= 127,
+            name,
+            "quantize needs scale > 0 and zero in [-128, 127]",
+        )
         return Tensor(x.h, x.w, x.c, "i8")
     if kind == "dequantize":
         dtype_in("i8")
-        _need(p["scale"] > 0 and np.isfinite(p["scale"]) and -128 <= p["zero"] <= 127, name,
-              "dequantize needs scale > 0 and zero in [-128, 127]")
+        _need(
+            p["scale"] > 0 and np.isfinite(p["scale"]) and -128 <= p["zero"] <= 127,
+            name,
+            "dequantize needs scale > 0 and zero in [-128, 127]",
+        )
         return Tensor(x.h, x.w, x.c, "f32")
     if kind == "output":
         dtype_in("f32")

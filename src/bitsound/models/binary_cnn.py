@@ -48,15 +48,15 @@ References
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.models.cnn import FeatureNorm
-from bitsound.models.registry import register_model
+from bitsound.models.cnn import CNN2dParams, FeatureNorm
+from bitsound.models.registry import Flag, register_model
 from bitsound.models.thesis import check_input_shape
 from bitsound.nn.layers import BINARY_MODES, BinaryConv2d
 
@@ -207,12 +207,16 @@ class BinaryCNN2d(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("bcnn2d", description="binary twin of cnn2d: float first conv, binary convs, Bi-Real "
-                                      "shortcuts")
+class BCNN2dParams(CNN2dParams):
+    """``model.params`` of ``bcnn2d`` (see :class:`BinaryCNN2d`)."""
+
+    mode: Literal["xnor", "binarynet", "onebit"] = "xnor"
+    shortcut: Flag = True
+    learn_threshold: Flag = False
+    stream_prelu: Flag = False
+
+
+@register_model("bcnn2d", params=BCNN2dParams, example_input=(1, 40, 101),
+                description="binary twin of cnn2d: float first conv, binary convs, Bi-Real shortcuts")
 def bcnn2d(*, input_shape: tuple[int, ...], n_classes: int, **params: Any) -> nn.Module:
-    valid = ("channels", "convs_per_stage", "dropout", "norm", "floor_db", "mode", "shortcut",
-             "learn_threshold", "stream_prelu")
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ConfigError(f"model 'bcnn2d': unknown model.params {unknown}; valid params: {', '.join(valid)}")
     return BinaryCNN2d(input_shape=input_shape, n_classes=n_classes, **params)

@@ -8,12 +8,14 @@ keeps the model independent of clip length and small in parameters.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.models.registry import register_model
+from bitsound.models.registry import Fraction, ModelParams, PositiveInt, register_model
 
 
 class FeatureNorm(nn.Module):
@@ -102,6 +104,17 @@ class CNN2d(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("cnn2d", description="float VGG-style CNN on 2-D features (configurable)")
+class CNN2dParams(ModelParams):
+    """``model.params`` of ``cnn2d`` (see :class:`CNN2d`)."""
+
+    channels: list[PositiveInt] = Field(default=[16, 32, 64], min_length=1)
+    convs_per_stage: PositiveInt = 2
+    dropout: Fraction = 0.2
+    norm: Literal["band", "example", "none"] = "band"
+    floor_db: Annotated[float, Field(gt=0)] | None = None
+
+
+@register_model("cnn2d", params=CNN2dParams, example_input=(1, 40, 101),
+                description="float VGG-style CNN on 2-D features (configurable)")
 def cnn2d(**kwargs) -> nn.Module:
     return CNN2d(**kwargs)

@@ -83,13 +83,14 @@ References
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import create_model
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.models.registry import register_model
+from bitsound.models.registry import Flag, Fraction, ModelParams, NonNegativeInt, PositiveInt, register_model
 from bitsound.nn.layers import BinaryConv2d, BinaryLinear
 
 THESIS_MODES = ("xnor", "binarynet")
@@ -291,28 +292,44 @@ class ThesisNet(nn.Module):
         return self.head(self.binary(self.first(self.input_map(x))))
 
 
-def _check_keys(model: str, params: dict[str, Any]) -> None:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"model '{model}': unknown model.params {unknown}; valid params: "
-                          f"{', '.join(sorted(DEFAULTS))}")
+_Act = Literal["relu", "tanh"]
 
 
-@register_model("thesis", description="seed 000 BinaryNet/XNOR-Net on 32x32 binary mel images (all knobs)")
+class ThesisParams(ModelParams):
+    """``model.params`` of the ``thesis`` family (see :class:`ThesisNet`; defaults: :data:`DEFAULTS`)."""
+
+    mode: Literal["xnor", "binarynet"] = DEFAULTS["mode"]
+    binary_layers: PositiveInt = DEFAULTS["binary_layers"]
+    first_channels: PositiveInt = DEFAULTS["first_channels"]
+    channels: PositiveInt | list[PositiveInt] = DEFAULTS["channels"]
+    kernel_size: PositiveInt = DEFAULTS["kernel_size"]
+    padding: Literal["valid", "same"] = DEFAULTS["padding"]
+    activation: _Act | list[_Act] | None = DEFAULTS["activation"]
+    first_activation: _Act | list[_Act] | None = DEFAULTS["first_activation"]
+    pool: list[NonNegativeInt] = DEFAULTS["pool"]
+    dense_units: PositiveInt | list[PositiveInt] | None = DEFAULTS["dense_units"]
+    dropout: Fraction = DEFAULTS["dropout"]
+    map_input: Flag = DEFAULTS["map_input"]
+    input_scale: Flag = DEFAULTS["input_scale"]
+
+
+@register_model("thesis", params=ThesisParams, example_input=(1, 32, 32),
+                description="seed 000 BinaryNet/XNOR-Net on 32x32 binary mel images (all knobs)")
 def thesis(*, input_shape: tuple[int, ...], n_classes: int, **params: Any) -> nn.Module:
-    _check_keys("thesis", params)
-    return ThesisNet(input_shape=input_shape, n_classes=n_classes, **{**DEFAULTS, **params})
+    return ThesisNet(input_shape=input_shape, n_classes=n_classes, **params)
 
 
 def _register_preset(name: str, description: str) -> None:
-    def builder(*, input_shape: tuple[int, ...], n_classes: int, **params: Any) -> nn.Module:
-        _check_keys(name, params)
-        merged = {**DEFAULTS, **PRESETS[name], **params}
-        return ThesisNet(input_shape=input_shape, n_classes=n_classes, **merged)
+    # the preset's values become the defaults of its params model; the recipe overrides them
+    fields = {k: (ThesisParams.model_fields[k].annotation, v) for k, v in PRESETS[name].items()}
+    params = create_model(f"{name}_params", __base__=ThesisParams, **fields)
+
+    def builder(*, input_shape: tuple[int, ...], n_classes: int, **kwargs: Any) -> nn.Module:
+        return ThesisNet(input_shape=input_shape, n_classes=n_classes, **kwargs)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"Seed 000 preset {PRESETS[name]} (recipe params override it)."
-    register_model(name, description=description)(builder)
+    register_model(name, params=params, example_input=(1, 32, 32), description=description)(builder)
 
 
 _register_preset("thesis_xnor5", "seed 000 XNOR-Net, 5 binary conv layers (Table 4.1)")

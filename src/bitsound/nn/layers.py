@@ -117,7 +117,8 @@ class _QuantMixin:
     def _init_quant(self, *, input_quantizer, weight_quantizer, input_scale: bool) -> None:
         self.input_quantizer = get_quantizer(input_quantizer)
         self.weight_quantizer = get_quantizer(weight_quantizer)
-        if input_scale and (self.input_bits != 1 or getattr(self.weight_quantizer, "scale", None) != "mean_abs"):
+        xnor_weights = getattr(self.weight_quantizer, "scale", None) == "mean_abs"
+        if input_scale and (self.input_bits != 1 or not xnor_weights):
             raise ConfigError(f"input_scale=True is XNOR-Net's K and needs binary inputs and XNOR-scaled "
                               f"weights (mode='xnor'), got {self.input_bits}-bit inputs and "
                               f"{self.weight_quantizer!r}")
@@ -185,7 +186,8 @@ class _QuantMixin:
         # zero padding inside the op acts on the already-quantized input: padded taps add 0
         y = self._raw(xq, values)
         if scale is not None:
-            y = y * (scale if isinstance(scale, (int, float)) or scale.dim() == 0 else self._per_channel(scale))
+            constant = isinstance(scale, (int, float)) or scale.dim() == 0
+            y = y * (scale if constant else self._per_channel(scale))
         if self.input_scale:
             y = y * self._input_scale_map(x)
         if self.bias is not None:
@@ -299,7 +301,8 @@ def binary_quantizers(mode: str, input_quantizer=None, weight_quantizer=None) ->
     else:
         wq = get_quantizer(weight_quantizer)
         if wq.bits != 1:
-            raise ConfigError(f"a binary layer needs a 1-bit weight quantizer, got {wq!r} with {wq.bits} bits; "
+            raise ConfigError(f"a binary layer needs a 1-bit weight quantizer, got {wq!r} with {wq.bits} "
+                              f"bits; "
                               f"use a plain torch layer (mode='float' in make_conv2d) or QuantConv2d for "
                               f"other precisions")
     if mode == "binarynet" and inq.bits != 1:

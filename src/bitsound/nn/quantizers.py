@@ -286,7 +286,8 @@ class Int8Weight(_Quantizer):
         self.per_channel = bool(per_channel)
 
     def _scale(self, w: torch.Tensor) -> torch.Tensor:
-        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))) if self.per_channel else w.detach().abs().max()
+        a = w.detach().abs()
+        amax = a.amax(dim=tuple(range(1, w.dim()))) if self.per_channel else a.max()
         return torch.clamp(amax / 127.0, min=torch.finfo(torch.float32).tiny)
 
     def quantize_weight(self, w: torch.Tensor):

@@ -27,10 +27,14 @@ static int run_accepted(const bs_model *m) {
         const bs_op *op = &m->ops[i];
         double out = (double)op->so.h * op->so.w * op->so.c;
         double fan = 1;
-        if (op->type == BS_OP_CONV2D || op->type == BS_OP_BCONV2D) fan = (double)op->g.kh * op->g.kw * op->cin;
-        if (op->type == BS_OP_BCONV2D) fan /= 64;
-        if (op->type == BS_OP_LINEAR) fan = op->cin;
-        if (op->type == BS_OP_MAXPOOL) fan = (double)op->g.kh * op->g.kw;
+        int bin = op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D;
+        if (bin || op->type == BS_OP_CONV2D || op->type == BS_OP_CONV1D || op->type == BS_OP_QCONV2D ||
+            op->type == BS_OP_QCONV1D)
+            fan = (double)op->g.kh * op->g.kw * op->cin / (op->groups ? op->groups : 1);
+        if (bin) fan /= 64;
+        if (op->type == BS_OP_LINEAR || op->type == BS_OP_QLINEAR) fan = op->cin;
+        if (op->type >= BS_OP_MAXPOOL2D && op->type <= BS_OP_AVGPOOL1D) fan = (double)op->g.kh * op->g.kw;
+        if (op->type == BS_OP_NORMALIZE || op->type == BS_OP_PERMUTE) fan = 3;
         work += out * (fan + 1) + (double)op->s0.h * op->s0.w * op->s0.c;
     }
     if (work > 2e6 || m->arena_bytes > ((size_t)64 << 20)) return 0;
