@@ -228,7 +228,12 @@ void bs_ref_avgpool(const bs_op *op, const float *in, float *out);
 /* the float and int8 output stages, shared by the fast paths and the references so that both
  * round identically */
 float bs_requant_float(const bs_op *op, int32_t o, int32_t acc);
-float bs_conv_finish(const bs_op *op, int32_t o, double acc);
+/* a float conv or dense output from its double sum: 1-bit weights are summed as +-x and scaled
+ * afterwards */
+static inline float bs_conv_finish(const bs_op *op, int32_t o, double acc) {
+    if (op->wscale) return (float)acc * op->wscale[o] + (op->bias ? op->bias[o] : 0.0f);
+    return (float)(acc + (op->bias ? (double)op->bias[o] : 0.0));
+}
 void bs_avgpool_window(const bs_op *op, int32_t oy, int32_t ox, int32_t *y0, int32_t *y1, int32_t *x0, int32_t *x1,
                        int32_t *div);
 int8_t bs_quantize_value(float x, float scale, int32_t zero);

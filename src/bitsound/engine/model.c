@@ -126,11 +126,18 @@ static void op_act(const bs_op *op, const float *x, float *y) {
     }
 }
 
-/* the output of a float conv or dense layer from its double sum: 1-bit weights are summed as
- * +-x and scaled afterwards; shared by the fast paths and the references */
-float bs_conv_finish(const bs_op *op, int32_t o, double acc) {
-    if (op->wscale) return (float)acc * op->wscale[o] + (op->bias ? op->bias[o] : 0.0f);
-    return (float)(acc + (op->bias ? (double)op->bias[o] : 0.0));
+/* the outputs o0 .. o0 + n - 1 of a float conv or dense layer from their double sums (the rule
+ * is bs_conv_finish in bsnn.h; the branches are taken once per row here) */
+static void finish_row(const bs_op *op, int32_t o0, int32_t n, const double *acc, float *dst) {
+    const float *b = op->bias ? op->bias + o0 : NULL;
+    if (op->wscale) {
+        const float *s = op->wscale + o0;
+        for (int32_t o = 0; o < n; o++) dst[o] = (float)acc[o] * s[o] + (b ? b[o] : 0.0f);
+    } else if (b) {
+        for (int32_t o = 0; o < n; o++) dst[o] = (float)(acc[o] + (double)b[o]);
+    } else {
+        for (int32_t o = 0; o < n; o++) dst[o] = (float)acc[o];
+    }
 }
 
 /* the input window of output pixel (oy, ox) along one axis: taps [k0, k1) fall inside */
@@ -161,8 +168,7 @@ BS_CLONES static void conv_depthwise(const bs_op *op, const float *x, float *y, 
                     const float *wt = op->wf + ((size_t)ky * g->kw + kx) * c;
                     for (int32_t k = 0; k < c; k++) acc[k] += (double)src[k] * (double)wt[k];
                 }
-            float *dst = y + ((size_t)oy * so.w + ox) * c;
-            for (int32_t k = 0; k < c; k++) dst[k] = bs_conv_finish(op, k, acc[k]);
+            finish_row(op, 0, c, acc, y + ((size_t)oy * so.w + ox) * c);
         }
 }
 
@@ -197,7 +203,7 @@ BS_CLONES static void op_conv(const bs_op *op, const float *x, float *y, double 
                             for (int32_t o = 0; o < cog; o++) acc[o] += xv * (double)wc[o];
                         }
                     }
-                for (int32_t o = 0; o < cog; o++) dst[grp * cog + o] = bs_conv_finish(op, grp * cog + o, acc[o]);
+                finish_row(op, grp * cog, cog, acc, dst + grp * cog);
             }
         }
 }
