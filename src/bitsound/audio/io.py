@@ -9,22 +9,36 @@ resampling uses soxr at its "HQ" setting.
 
 Truncated files
 ---------------
-libsndfile silently shortens a WAV file whose data chunk was cut off, and decodes an MP3 cut in
-half up to the cut. Both are errors here: a dataset of silently shortened clips trains on
-silence. A WAV file is truncated when its RIFF ``data`` chunk declares more bytes than the file
-holds. For other formats the decoded length is checked against the length in the header; an
-MP3's header length is an estimate (real files decode up to ~1 % shorter than it claims), so an
-MP3 is only called truncated when it decodes more than :data:`MP3_LENGTH_SLACK` short of it.
-:func:`audio_info` reads the header only, so it catches truncated WAV files but a truncated
-compressed stream (and NaN samples) only shows when the audio is decoded by :func:`load_audio`.
+libsndfile silently shortens a WAV file whose data chunk was cut off, decodes an MP3 or Ogg
+file cut in half up to the cut, and, for an MP3 without a Xing/Info/VBRI header, stops decoding
+at a length it *estimates* from the first frame's bit rate and the file size (wrong in both
+directions for variable bit rates). So the length of a file, and whether it is whole, is
+decided from the file's own structure when it is opened, before any decoding:
+
+- WAV: the RIFF ``data`` chunk must not declare more bytes than the file holds.
+- FLAC: the decoder must reach the last sample STREAMINFO declares (one seek).
+- Ogg (Vorbis, Opus): the last page must be complete and end its stream
+  (:mod:`bitsound.audio.ogg`).
+- MP3: the frame headers are walked from the first frame to the end of the audio data, between
+  the ID3v2 tags and the APE/Lyrics3/ID3v1 tags (:mod:`bitsound.audio.mpeg`). The walk gives the
+  exact decoded length, which :func:`audio_info` reports, and finds a last frame cut off, frames
+  that stop before the audio data ends, and fewer frames than a Xing/Info/VBRI header declares.
+  An MP3 whose length libsndfile underestimates is decoded through a pipe, where libsndfile
+  reads the stream to its end instead of stopping at the estimate.
+
+Decoding then checks that the decoder delivered every sample the file holds (a decoder that
+stops early is a damaged stream) and that no sample is NaN or infinite. A span that ends past
+the end of the file reads to the end, like slicing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +49,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from bitsound.audio.mpeg import MpegScan, scan_mpeg
+from bitsound.audio.ogg import ogg_problem
 from bitsound.errors import AudioDecodeError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -44,10 +60,10 @@ logger = logging.getLogger("bitsound.audio")
 
 ChannelPolicy = Literal["mono", "stereo"] | int | None
 
-# An MP3 header's length is an estimate from the frame count or file size; the real MP3s in
-# ../shared/data decode 0-0.7 % shorter than it. 2 % is three times that, and still flags a
-# stream that lost a real part of its audio.
-MP3_LENGTH_SLACK = 0.02
+#: MPEG frames an MP3 decode may fall short of the frame scan's prediction before it counts as a
+#: decoding error (mpg123 can drop a damaged frame; the scan's gapless arithmetic for rare
+#: VBRI/layer I-II files may be off by its delay). A decoder that stops early loses far more.
+MP3_DECODE_SLACK_FRAMES = 2
 
 # Leading bytes of common containers that libsndfile cannot decode, so that such a file is
 # reported as an unsupported format rather than as "not audio".
@@ -71,7 +87,8 @@ class AudioInfo:
     channels : int
         Number of channels.
     frames : int
-        Samples per channel (an estimate for MP3, see the module notes).
+        Samples per channel the file decodes to (for MP3 from its frame headers, see the module
+        notes).
     duration : float
         ``frames / sample_rate`` in seconds.
     """
@@ -166,28 +183,31 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     Raises
     ------
     AudioDecodeError
-        As :func:`load_audio`, for what the header shows (NaN samples and truncated compressed
-        streams only show when decoding).
+        As :func:`load_audio`, for everything the file's structure shows: missing, empty, not
+        audio, zero channels or frames, truncated (WAV, FLAC, Ogg, MP3: see the module notes).
+        NaN samples and damage inside a compressed stream only show when decoding.
     """
     path = Path(path)
-    with _open(path) as f:
+    with _open(path) as opened:
+        f = opened.file
         return AudioInfo(
             sample_rate=f.samplerate,
             channels=f.channels,
-            frames=f.frames,
-            duration=f.frames / f.samplerate,
+            frames=opened.frames,
+            duration=opened.frames / f.samplerate,
         )
 
 
 def _decode(path: Path, *, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     """Read ``[start, end)`` seconds of ``path`` as (channels, samples) float32, checked."""
-    with _open(path) as f:
-        rate, declared = f.samplerate, f.frames
+    with _open(path) as opened:
+        f, length = opened.file, opened.frames
+        rate = f.samplerate
         first = 0 if start is None else round(start * rate)
-        stop = declared if end is None else min(round(end * rate), declared)
-        if first >= declared:
+        stop = length if end is None else min(round(end * rate), length)
+        if first >= length:
             raise DataError(
-                f"start={start} s is at or past the end of '{path}' ({declared / rate:.3f} s "
+                f"start={start} s is at or past the end of '{path}' ({length / rate:.3f} s "
                 "long); choose a start inside the recording"
             )
         if stop <= first:
@@ -195,22 +215,36 @@ def _decode(path: Path, *, start: float | None, end: float | None) -> tuple[np.n
                 f"the span start={start} s, end={end} s is shorter than one sample at {rate} Hz"
             )
         try:
-            f.seek(first)
-            data = f.read(stop - first, dtype="float32", always_2d=True)
+            if stop > f.frames:  # libsndfile would stop at its own, too short, estimate
+                data = _read_through_pipe(path, first=first, stop=stop, channels=f.channels)
+            else:
+                f.seek(first)
+                data = f.read(stop - first, dtype="float32", always_2d=True)
         except (sf.SoundFileError, RuntimeError) as err:
             raise AudioDecodeError(path, f"truncated or corrupt: {_sndfile_message(err)}") from err
-        # An MP3 header's length is an estimate, so only a shortfall beyond the slack counts.
-        slack = math.floor(MP3_LENGTH_SLACK * declared) if f.format == "MP3" else 0
-    _check_decoded_length(path, got=data.shape[0], wanted=stop - first, slack=slack)
+        slack = 0
+        if opened.mpeg is not None:
+            slack = MP3_DECODE_SLACK_FRAMES * opened.mpeg.samples_per_frame
+    _check_decoded_length(path, got=data.shape[0], wanted=stop - first, slack=slack,
+                          mpeg=opened.mpeg is not None)
     if not np.isfinite(data).all():
         n_bad = int(np.size(data) - np.isfinite(data).sum())
         raise AudioDecodeError(path, f"contains NaN or infinite samples ({n_bad} of them)")
     return np.ascontiguousarray(data.T), rate
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """An open, checked file: libsndfile's handle and the length the file really decodes to."""
+
+    file: sf.SoundFile
+    frames: int
+    mpeg: MpegScan | None = None
+
+
 @contextmanager
-def _open(path: Path) -> Iterator[sf.SoundFile]:
-    """``sf.SoundFile`` opened for reading and checked, every failure an AudioDecodeError."""
+def _open(path: Path) -> Iterator[_Opened]:
+    """The file opened for reading and checked whole; every failure an AudioDecodeError."""
     if not path.exists():
         raise AudioDecodeError(path, "file does not exist")
     if not path.is_file():
@@ -222,13 +256,45 @@ def _open(path: Path) -> Iterator[sf.SoundFile]:
     except (sf.SoundFileError, RuntimeError) as err:
         raise AudioDecodeError(path, _open_problem(path, err)) from err
     with f:
-        _check_header(path, f)
-        yield f
+        yield _check_whole(path, f)
 
 
-def _check_header(path: Path, f: sf.SoundFile) -> None:
+def _check_whole(path: Path, f: sf.SoundFile) -> _Opened:
+    """Check the file's structure (see the module notes) and find its decoded length."""
+    if f.format == "MP3":
+        stat = path.stat()
+        scan = _scan_mpeg_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        problem = scan.problem()
+        if problem is not None:
+            raise AudioDecodeError(path, problem)
+        frames = scan.decoded_frames
+        if scan.info is not None and scan.info.frames is not None:
+            # With a declared frame count libsndfile's length is mpg123's exact one.
+            frames = min(frames, f.frames)
+        if frames == 0:
+            raise AudioDecodeError(path, "zero length (the file holds 0 audio frames)")
+        return _Opened(file=f, frames=frames, mpeg=scan)
+    if f.format == "OGG":  # before the length: a cut Ogg file may report 0 frames
+        problem = ogg_problem(path)
+        if problem is not None:
+            raise AudioDecodeError(path, problem)
     if f.frames == 0:
         raise AudioDecodeError(path, "zero length (the file holds 0 audio frames)")
+    if f.format in ("WAV", "WAVEX"):
+        _check_riff(path, f)
+    elif f.format == "FLAC":
+        _check_flac_end(path, f)
+    return _Opened(file=f, frames=f.frames)
+
+
+# Segments of one long MP3 (a manifest's start/end) open it many times: scan it once. The size
+# and modification time in the key make an edited file a new entry.
+@functools.lru_cache(maxsize=64)
+def _scan_mpeg_cached(path: str, size: int, mtime_ns: int) -> MpegScan:
+    return scan_mpeg(path)
+
+
+def _check_riff(path: Path, f: sf.SoundFile) -> None:
     declared = _riff_declared_frames(path)
     if declared is not None and declared > f.frames:
         raise AudioDecodeError(
@@ -239,13 +305,103 @@ def _check_header(path: Path, f: sf.SoundFile) -> None:
         )
 
 
-def _check_decoded_length(path: Path, *, got: int, wanted: int, slack: int) -> None:
-    if got == 0 or got < wanted - slack:
+def _check_flac_end(path: Path, f: sf.SoundFile) -> None:
+    """A FLAC file must decode its last declared sample: a cut file cannot seek there."""
+    try:
+        f.seek(f.frames - 1)
+        got = f.read(1, dtype="float32", always_2d=True).shape[0]
+        f.seek(0)
+    except (sf.SoundFileError, RuntimeError):
+        got = 0
+    if got != 1:
         raise AudioDecodeError(
             path,
-            f"truncated or corrupt: decoded only {got} of the {wanted} frames its header "
-            "declares; re-export the file or drop it",
+            f"truncated: its FLAC header declares {f.frames} frames "
+            f"({f.frames / f.samplerate:.3f} s) but the stream ends before the last of them; the "
+            "file was cut off while copying or downloading, so fetch it again or drop it",
         )
+
+
+@contextmanager
+def open_stream(path: str | os.PathLike) -> Iterator[tuple[sf.SoundFile, int, int]]:
+    """Open ``path`` for reading block by block to its real end (streaming over long files).
+
+    Yields ``(file, frames, slack)``: a libsndfile handle positioned at the start that decodes the
+    whole stream (through a pipe where libsndfile's MP3 length estimate is too short), the number
+    of frames the stream really holds (from :func:`audio_info`'s checks), and how many frames a
+    decoder may legitimately come up short of it (MP3 decoder delay). Raises
+    :class:`~bitsound.errors.AudioDecodeError` as :func:`load_audio` for a bad file.
+    """
+    path = Path(path)
+    with _open(path) as opened:
+        frames = opened.frames
+        slack = MP3_DECODE_SLACK_FRAMES * opened.mpeg.samples_per_frame if opened.mpeg is not None else 0
+        if frames <= opened.file.frames:
+            yield opened.file, frames, slack
+            return
+    read_fd, feeder = _feed_pipe(path)
+    try:
+        with sf.SoundFile(read_fd, closefd=False) as f:
+            yield f, frames, slack
+    finally:
+        os.close(read_fd)  # also unblocks the feeder when reading stopped early
+        feeder.join()
+
+
+def _feed_pipe(path: Path) -> tuple[int, threading.Thread]:
+    """A pipe's read end and the thread that writes ``path`` into it."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with open(path, "rb") as src, os.fdopen(write_fd, "wb") as sink:
+            try:
+                while chunk := src.read(1 << 16):
+                    sink.write(chunk)
+            except BrokenPipeError:
+                pass  # the reader had what it needed and closed its end
+
+    feeder = threading.Thread(target=feed, name="bitsound-pipe-feed", daemon=True)
+    feeder.start()
+    return read_fd, feeder
+
+
+def _read_through_pipe(path: Path, *, first: int, stop: int, channels: int) -> np.ndarray:
+    """Frames ``[first, stop)`` of ``path`` [shape=(frames, channels)], decoded from a pipe.
+
+    libsndfile stops reading a seekable MP3 at the length mpg123 estimated when it opened the
+    file; from a pipe it cannot estimate and reads the stream to its end. A thread feeds the
+    file into the pipe.
+    """
+    read_fd, feeder = _feed_pipe(path)
+    out = np.empty((stop, channels), dtype=np.float32)
+    done = 0
+    try:
+        with sf.SoundFile(read_fd, closefd=False) as f:
+            while done < stop:
+                n = f.read(out=out[done:]).shape[0]
+                if n == 0:
+                    break
+                done += n
+    finally:
+        os.close(read_fd)  # also unblocks the feeder when decoding stopped early
+        feeder.join()
+    return out[first:done]
+
+
+def _check_decoded_length(path: Path, *, got: int, wanted: int, slack: int, mpeg: bool) -> None:
+    if got > 0 and got >= wanted - slack:
+        return
+    if mpeg:
+        raise AudioDecodeError(
+            path,
+            f"corrupt: the decoder gave only {got} of the {wanted} frames its MPEG frame headers "
+            "hold (a damaged stream); re-encode the file from its source or drop it",
+        )
+    raise AudioDecodeError(
+        path,
+        f"truncated or corrupt: decoded only {got} of the {wanted} frames its header "
+        "declares; re-export the file or drop it",
+    )
 
 
 def _open_problem(path: Path, err: Exception) -> str:
@@ -258,7 +414,13 @@ def _open_problem(path: Path, err: Exception) -> str:
             return f"unsupported format {container}; convert it to WAV or FLAC ({_SUPPORTED_HINT})"
         return f"not an audio file (libsndfile: {message}; {_SUPPORTED_HINT})"
     if "malformed" in lowered or "error in" in lowered:
-        return f"truncated or corrupt ({message})"
+        with open(path, "rb") as fh:
+            ogg = fh.read(4) == b"OggS"
+        problem = ogg_problem(path) if ogg else None  # says where an Ogg file was cut
+        return problem or f"truncated or corrupt ({message})"
+    if "channel count is zero" in lowered:
+        return ("zero channels: its header declares 0 audio channels, so there is nothing to "
+                "read; re-export the file or drop it")
     if "does not exist" in lowered:
         # We checked that the file exists; libsndfile says this when a decoder gives up
         # (e.g. an MP3 with no valid frame).
@@ -403,13 +565,33 @@ def select_channels(
                 f"{source} has {n} channels but channels='stereo' needs 1 or 2; pick one channel "
                 "by index or use 'mono'"
             )
-        return np.repeat(x, 2, axis=0) if n == 1 else x
+        if n == 1:
+            _note_duplicated_mono(path)
+            return np.repeat(x, 2, axis=0)
+        return x
     if policy >= n:
         raise DataError(
             f"channel index {policy} asked for, but {source} has {n} channel(s) "
             f"(valid indices: 0..{n - 1})"
         )
     return x[policy : policy + 1]
+
+
+# Mono signals duplicated to two channels so far; feature building reports the count once.
+_duplicated_mono = 0
+
+
+def duplicated_mono_count() -> int:
+    """How many mono signals :func:`select_channels` has duplicated to two channels in this
+    process (callers take differences to report one line per batch of work)."""
+    return _duplicated_mono
+
+
+def _note_duplicated_mono(path: str | os.PathLike | None) -> None:
+    global _duplicated_mono
+    _duplicated_mono += 1
+    logger.debug("channels='stereo': mono %s duplicated to both channels",
+                 f"'{path}'" if path is not None else "signal")
 
 
 def _check_policy(policy) -> None:
@@ -542,11 +724,82 @@ def _energy_gate(segments: Segments, gate_db: float) -> Segments:
     return Segments(windows=windows[keep], starts=segments.starts[keep], n_dropped=n_dropped)
 
 
+def crop_starts(first: int, stop: int, *, length: int, pad: int, n_crops: int) -> np.ndarray:
+    """Start samples of ``n_crops`` test windows over a clip's span, padded at both ends.
+
+    The span ``[first, stop)`` is padded with ``pad`` zeros at each end; the windows of
+    ``length`` samples start ``stride = (padded - length) // (n_crops - 1)`` apart from the
+    padded span's start (EnvNet / ACDNet multi-crop testing), and a single window is centred.
+    A padded span shorter than the window gives centred windows with more zeros.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_crops,), dtype=int64]
+        Starts in the clip's sample indices (negative: before its first sample).
+    """
+    _check_count(length, name="length")
+    _check_count(n_crops, name="n_crops")
+    spare = (stop - first) + 2 * pad - length
+    if spare < 0 or n_crops == 1:
+        offsets = np.full(n_crops, spare // 2, dtype=np.int64)
+    else:
+        offsets = np.arange(n_crops, dtype=np.int64) * (spare // (n_crops - 1))
+    return first - pad + offsets
+
+
+#: A sample counts as silent for ``crop.trim_zeros`` when it would be 0 as a 16-bit integer:
+#: the digital silence ESC-50's short clips are padded with, also after lossy decoding.
+SILENCE_LEVEL = 0.5 / 32768
+
+
+def span_of(x: np.ndarray, *, trim_zeros: bool) -> tuple[int, int]:
+    """``[first, stop)`` of the samples above :data:`SILENCE_LEVEL` in any channel (the whole
+    clip if none or when not ``trim_zeros``)."""
+    if trim_zeros:
+        nonzero = np.flatnonzero((np.abs(x) >= SILENCE_LEVEL).any(axis=0))
+        if nonzero.size:
+            return int(nonzero[0]), int(nonzero[-1]) + 1
+    return 0, int(x.shape[-1])
+
+
+def crop_windows(x: np.ndarray, *, length: int, pad: int, trim_zeros: bool,
+                 n_crops: int) -> tuple[np.ndarray, np.ndarray]:
+    """Test windows of one clip (see :func:`crop_starts`): zeros outside its span.
+
+    Parameters
+    ----------
+    x : np.ndarray [shape=(channels, samples)]
+
+    Returns
+    -------
+    windows : np.ndarray [shape=(n_crops, channels, length)]
+    starts : np.ndarray [shape=(n_crops,)] start samples
+    """
+    _check_audio_array(x)
+    first, stop = span_of(x, trim_zeros=trim_zeros)
+    starts = crop_starts(first, stop, length=length, pad=pad, n_crops=n_crops)
+    windows = np.zeros((n_crops, x.shape[0], length), dtype=x.dtype)
+    for i, start in enumerate(starts.tolist()):
+        lo, hi = max(start, first), min(start + length, stop)
+        if hi > lo:
+            windows[i, :, lo - start:hi - start] = x[:, lo:hi]
+    return windows, starts
+
+
+def crop_geometry(cfg: AudioConfig) -> tuple[int, int, int]:
+    """(window, pad, stored) lengths in samples of ``cfg.crop`` at ``cfg.sample_rate``."""
+    length = round(cfg.clip_seconds * cfg.sample_rate)
+    return (length, round(cfg.crop.pad * length), round(cfg.crop.source_seconds * cfg.sample_rate))
+
+
 def to_model_windows(x: np.ndarray, sample_rate: int, cfg: AudioConfig) -> Segments:
     """Turn a decoded clip into the windows a model sees.
 
-    With ``cfg.segment`` set the clip is cut by :func:`segment`; otherwise it is centre-cropped
-    or zero-padded by :func:`fix_length` to ``cfg.clip_seconds``, giving one window.
+    With ``cfg.segment`` set the clip is cut by :func:`segment`; with ``cfg.crop`` it is
+    centre-cropped or zero-padded to ``crop.source_seconds`` and cut into ``crop.test_crops``
+    windows of ``cfg.clip_seconds`` by :func:`crop_windows` (multi-crop testing: a clip's
+    probabilities are the mean over its windows); otherwise it is centre-cropped or
+    zero-padded by :func:`fix_length` to ``cfg.clip_seconds``, giving one window.
 
     Parameters
     ----------
@@ -582,6 +835,13 @@ def to_model_windows(x: np.ndarray, sample_rate: int, cfg: AudioConfig) -> Segme
         return segment(
             x, sample_rate, length=seg.length, hop=seg.hop, energy_gate_db=seg.energy_gate_db
         )
+    if cfg.crop is not None:
+        length, pad, stored = crop_geometry(cfg)
+        source = fix_length(x, stored)
+        windows, starts = crop_windows(source, length=length, pad=pad,
+                                       trim_zeros=cfg.crop.trim_zeros, n_crops=cfg.crop.test_crops)
+        offset = _centre_offset(x.shape[1], stored)
+        return Segments(windows=windows, starts=(starts + offset) / sample_rate)
     n = round(cfg.clip_seconds * sample_rate)
     window = fix_length(x, n)
     start = _centre_offset(x.shape[1], n) / sample_rate

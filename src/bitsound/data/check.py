@@ -1,14 +1,18 @@
-"""``bitsound check``: read every clip of a dataset and report all problems at once.
+"""``bitsound data check``: read every clip of a dataset and report all problems at once.
 
-A data problem found after an hour of feature extraction costs an hour; this reads each file's
-header (or decodes it with ``decode=True``), checks segments against the file length, and
-collects every problem with its path instead of stopping at the first. It also counts clips per
-class, fold, group and device, so a skewed or mislabelled set shows before training.
+A data problem found after an hour of feature extraction costs an hour; this opens each file
+and checks its structure (:func:`bitsound.audio.io.audio_info`: empty, not audio, zero channels
+or frames, truncated WAV/FLAC/Ogg/MP3) or, with ``decode=True``, decodes it fully (also NaN or
+infinite samples, damaged compressed streams, a channel policy the file cannot meet). Segments
+are checked against the decoded length. Every problem is collected with its path instead of
+stopping at the first. It also counts clips per class, fold, group and device, so a skewed or
+mislabelled set shows before training.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bitsound.data.records import Clip, Dataset
-from bitsound.errors import BitsoundError
+from bitsound.errors import AudioDecodeError, BitsoundError
 
 ProgressCallback = Callable[[int, int], None]
 #: Rows shown per table by :meth:`CheckReport.render` before summarising the rest.
@@ -28,10 +32,14 @@ RENDER_ROWS = 40
 
 @dataclass(frozen=True)
 class Problem:
-    """One clip that cannot be used: its path and what is wrong."""
+    """One clip that cannot be used: its path, what is wrong, and its position in the dataset.
+
+    ``index`` is the clip's position in ``dataset.clips`` of the dataset that was checked.
+    """
 
     path: str
     problem: str
+    index: int | None = None
 
 
 @dataclass
@@ -114,6 +122,7 @@ def check_dataset(
     dataset: Dataset,
     *,
     decode: bool = False,
+    channels: str | int | None = None,
     progress: ProgressCallback | None = None,
     show_progress: bool = False,
 ) -> CheckReport:
@@ -123,8 +132,12 @@ def check_dataset(
     ----------
     dataset : Dataset
     decode : bool
-        Decode each file fully instead of reading only its header: slower, but also finds
-        truncated compressed streams and NaN samples. Generated datasets are always generated.
+        Decode each clip fully instead of only opening its file: slower, but also finds NaN or
+        infinite samples and streams damaged inside (see the module notes). Generated datasets
+        are always generated.
+    channels : "mono", "stereo", int or None
+        With ``decode``, apply this channel policy (a recipe's ``audio.channels``) so that a
+        file the policy cannot serve (e.g. channel 2 of a stereo file) is a problem too.
     progress : callable, optional
         Called as ``progress(done, total)`` after each clip.
     show_progress : bool
@@ -133,42 +146,49 @@ def check_dataset(
     Returns
     -------
     CheckReport
+        ``problems`` in clip order, each with the clip's index.
     """
     clips = dataset.clips
     report = CheckReport(kind=dataset.kind, root=dataset.root, n_clips=len(clips))
     _count_attributes(report, clips)
     rates: Counter[int] = Counter()
-    channels: Counter[int] = Counter()
-    with _progress(progress, show_progress, len(clips)) as step:
-        for clip in clips:
-            found = _check_clip(dataset, clip, decode=decode)
+    n_channels: Counter[int] = Counter()
+    what = "decoding clips" if decode else "checking clips"
+    with _progress(progress, show_progress, len(clips), what) as step:
+        for index, clip in enumerate(clips):
+            found = _check_clip(dataset, clip, decode=decode, channels=channels)
             if isinstance(found, Problem):
-                report.problems.append(found)
+                report.problems.append(dataclasses.replace(found, index=index))
             else:
-                rate, n_channels, duration = found
+                rate, n_channel, duration = found
                 rates[rate] += 1
-                channels[n_channels] += 1
+                n_channels[n_channel] += 1
                 report.total_duration += duration
             step()
     report.sample_rates = dict(sorted(rates.items()))
-    report.channels = dict(sorted(channels.items()))
+    report.channels = dict(sorted(n_channels.items()))
     return report
 
 
-def _check_clip(dataset: Dataset, clip: Clip, *, decode: bool) -> Problem | tuple[int, int, float]:
+def _check_clip(dataset: Dataset, clip: Clip, *, decode: bool,
+                channels: str | int | None) -> Problem | tuple[int, int, float]:
     """``(sample rate, channels, duration)`` of a readable clip, or its problem."""
+    owner, original = dataset.member(clip)
     try:
-        if dataset.generated:
-            return _check_generated(dataset, clip)
-        return _check_file(dataset, clip, decode=decode)
+        if owner.generated:
+            return _check_generated(owner, original)
+        return _check_file(owner, original, decode=decode, channels=channels)
+    except AudioDecodeError as exc:  # the path is the row's own: say only what is wrong
+        return Problem(clip.path, exc.problem if exc.path == clip.path else str(exc))
     except (BitsoundError, OSError) as exc:
         return Problem(clip.path, str(exc))
 
 
-def _check_file(dataset: Dataset, clip: Clip, *, decode: bool) -> Problem | tuple[int, int, float]:
+def _check_file(dataset: Dataset, clip: Clip, *, decode: bool,
+                channels: str | int | None) -> Problem | tuple[int, int, float]:
     from bitsound.audio.io import audio_info
 
-    info = audio_info(clip.path)
+    info = audio_info(clip.path)  # the decoded length, found from the file's structure
     start = clip.start or 0.0
     end = info.duration if clip.end is None else clip.end
     tolerance = 1.0 / info.sample_rate
@@ -178,9 +198,10 @@ def _check_file(dataset: Dataset, clip: Clip, *, decode: bool) -> Problem | tupl
             f"segment {start:g}-{end:g} s is not inside the file ({info.duration:.3f} s long); "
             "fix the start/end of this clip",
         )
-    if decode:
-        dataset.load(clip)
-    return info.sample_rate, info.channels, min(end, info.duration) - start
+    if not decode:
+        return info.sample_rate, info.channels, min(end, info.duration) - start
+    audio = dataset.load(clip, channels=channels)
+    return info.sample_rate, info.channels, audio.shape[1] / info.sample_rate
 
 
 def _check_generated(dataset: Dataset, clip: Clip) -> Problem | tuple[int, int, float]:
@@ -211,7 +232,7 @@ def _counts(values: list[str | None]) -> dict[str, int]:
 
 @contextmanager
 def _progress(
-    callback: ProgressCallback | None, show: bool, total: int
+    callback: ProgressCallback | None, show: bool, total: int, what: str = "checking clips"
 ) -> Iterator[Callable[[], None]]:
     """A ``step()`` function that calls ``callback`` and advances a rich bar when ``show``."""
     done = 0
@@ -219,10 +240,20 @@ def _progress(
         advance: Callable[[], None] | None = None
         if show:
             from rich.console import Console
-            from rich.progress import Progress
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            bar = stack.enter_context(Progress(console=Console(stderr=True), transient=True))
-            task = bar.add_task("checking clips", total=total)
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+            bar = stack.enter_context(Progress(*columns, console=Console(stderr=True),
+                                               transient=True))
+            task = bar.add_task(what, total=total)
             advance = functools.partial(bar.advance, task)
 
         def step() -> None:
