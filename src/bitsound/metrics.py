@@ -8,6 +8,8 @@ so evaluating on a subset of a model's labels is meaningful.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -71,3 +73,40 @@ def classification_report(y_true, probs, *, labels: list[str]) -> dict:
         "labels": list(labels),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def per_device_accuracy(y_true, probs, devices: list[str | None], *,
+                        seen: list[str] | None = None) -> list[dict]:
+    """Accuracy of the examples of each recording device (seed 003 Table 3's columns).
+
+    Parameters
+    ----------
+    y_true : array [shape=(n,)] of int
+    probs : array [shape=(n, n_classes)]
+    devices : list of str or None [length n]
+        The device of each example; None counts as ``"(none)"``.
+    seen : list of str, optional
+        The devices of the model's training data; each row's ``seen`` is True / False, or None
+        when not known.
+
+    Returns
+    -------
+    list of dict
+        ``{"device", "n", "accuracy", "seen"}`` per device, in natural order (A, B, C, S1 ...).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    correct = np.asarray(probs).argmax(axis=1) == y_true
+    names = np.array(["(none)" if d is None else str(d) for d in devices], dtype=object)
+    seen_set = None if seen is None else {str(d) for d in seen}
+    rows = []
+    for device in sorted(set(names.tolist()), key=_natural_key):
+        members = names == device
+        rows.append({"device": device, "n": int(members.sum()),
+                     "accuracy": float(correct[members].mean()),
+                     "seen": None if seen_set is None else device in seen_set})
+    return rows
+
+
+def _natural_key(text: str) -> list[tuple[int, int | str]]:
+    return [(0, int(part)) if part.isdigit() else (1, part)
+            for part in re.split(r"(\d+)", text) if part]

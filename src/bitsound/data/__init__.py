@@ -6,11 +6,24 @@
 (32, ['bark', 'bird_chirp'])
 
 Importing this package registers every built-in source (``folder``, ``manifest``, ``fsdd``,
-``esc10-2015``, ``esc50``, ``esc10``, ``xeno-canto``, ``synthetic``).
+``esc10-2015``, ``esc50``, ``esc10``, ``urbansound8k``, ``tut2017``, ``tut2017-3class``,
+``tau2019``, ``tau2020-mobile``, ``tau2022-mobile``, ``tau2020-3class``, ``xeno-canto``,
+``synthetic``, ``sed``).
 """
 
 # Source modules register themselves on import.
-from bitsound.data import esc, folder, fsdd, manifest, synthetic, xeno_canto  # noqa: F401
+from bitsound.data import (  # noqa: F401
+    esc,
+    folder,
+    fsdd,
+    manifest,
+    sed,
+    synthetic,
+    tau,
+    tut2017,
+    urbansound8k,
+    xeno_canto,
+)
 from bitsound.data.cache import FeatureCache, default_cache_root, make_key
 from bitsound.data.check import CheckReport, check_dataset
 from bitsound.data.records import Clip, Dataset
@@ -21,6 +34,7 @@ from bitsound.data.splits import (
     group_split,
     leave_one_group_out,
     stratified_split,
+    unseen_device_split,
 )
 from bitsound.data.synthetic import SyntheticDataset, SyntheticParams
 
@@ -42,4 +56,5 @@ __all__ = [
     "open_dataset",
     "register_dataset",
     "stratified_split",
+    "unseen_device_split",
 ]

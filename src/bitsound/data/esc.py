@@ -18,9 +18,22 @@ group = the Freesound source id (all takes cut from one source recording).
 label = ``category``, fold = ``fold``, group = ``src_file``. ``esc10:PATH`` is the same layout
 restricted to the rows whose ``esc10`` column is ``True``.
 
+Class subsets (seed 001, Mohaimenuzzaman et al., "Pruning vs XNOR-Net", section IV-A): the
+ESC-50 data set's :attr:`~bitsound.data.records.Dataset.class_order` lists the classes so that
+its first N are the paper's S_N (``data.classes: 20`` in a recipe selects S20):
+
+- S10 = ESC-10 (targets 0, 10, 11, 20, 38, 21, 40, 41, 1, 12, the order of the authors' code),
+- S20 = S10 + {5, 31, 18, 27, 48, 8, 15, 45, 25, 34},
+- S30 = S20 + {3, 14, 23, 36, 43, 7, 22, 28, 30, 49},
+- S40 = S30 + {6, 9, 16, 17, 24, 29, 32, 35, 37, 44},
+- S50 = ESC-50 (the 10 targets left, in ascending order).
+
+The targets are ESC-50's ``target`` column; their names come from ``esc50.csv``.
+
 In both layouts every audio file must be accounted for: files that do not match the naming
 scheme (2015) or that are missing from / extra to ``esc50.csv`` are a :class:`DataError` that
-lists them. Names starting with ``.`` and plain files at the top level (README) are ignored.
+lists them (``esc50:PATH?missing=skip`` uses the rows whose file is present, for a partial
+copy). Names starting with ``.`` and plain files at the top level (README) are ignored.
 """
 
 from __future__ import annotations
@@ -29,9 +42,19 @@ import csv
 import re
 from pathlib import Path
 
+from bitsound.data.listed import MISSING_OPTION, check_missing, present
 from bitsound.data.records import Clip, Dataset, format_list
 from bitsound.data.registry import register_dataset, require_dir, require_file
 from bitsound.errors import DataError
+
+#: Seed 001's class subsets as ESC-50 targets: S_N is the first N (see the module docstring).
+SUBSET_TARGETS: tuple[int, ...] = (
+    0, 10, 11, 20, 38, 21, 40, 41, 1, 12,
+    5, 31, 18, 27, 48, 8, 15, 45, 25, 34,
+    3, 14, 23, 36, 43, 7, 22, 28, 30, 49,
+    6, 9, 16, 17, 24, 29, 32, 35, 37, 44,
+    2, 4, 13, 19, 26, 33, 39, 42, 46, 47,
+)
 
 _CLASS_DIR = re.compile(r"^(?P<class_id>\d{3}) - (?P<name>.+)$")
 _CLIP_2015 = re.compile(r"^(?P<fold>\d)-(?P<source>\d+)-(?P<take>[A-Za-z])\.ogg$")
@@ -90,8 +113,9 @@ def _clips_2015(class_dir: Path, label: str, class_id: str, bad: list[str]) -> l
 
 
 # ------------------------------------------------------------------ ESC-50 layout
-@register_dataset("esc50", description="ESC-50: audio/*.wav + meta/esc50.csv (label = category)")
-def open_esc50(path: str) -> Dataset:
+@register_dataset("esc50", description="ESC-50: audio/*.wav + meta/esc50.csv (label = category; "
+                  "data.classes: N gives seed 001's subset S_N)", options=MISSING_OPTION)
+def open_esc50(path: str, *, missing: str = "error") -> Dataset:
     """Open today's ESC-50 layout (see module docstring).
 
     Raises
@@ -99,22 +123,30 @@ def open_esc50(path: str) -> Dataset:
     DataError
         Missing folders or CSV, missing columns, or files and CSV rows that do not match.
     """
-    return _open_esc50_layout(path, kind="esc50", esc10_only=False)
+    return _open_esc50_layout(path, kind="esc50", esc10_only=False, missing=missing)
 
 
-@register_dataset("esc10", description="ESC-10 subset of the ESC-50 layout (rows with esc10=True)")
-def open_esc10(path: str) -> Dataset:
+@register_dataset("esc10", description="ESC-10 subset of the ESC-50 layout (rows with esc10=True)",
+                  options=MISSING_OPTION)
+def open_esc10(path: str, *, missing: str = "error") -> Dataset:
     """Open the ESC-10 subset of an ESC-50 tree (rows whose ``esc10`` column is True)."""
-    return _open_esc50_layout(path, kind="esc10", esc10_only=True)
+    return _open_esc50_layout(path, kind="esc10", esc10_only=True, missing=missing)
 
 
-def _open_esc50_layout(path: str, *, kind: str, esc10_only: bool) -> Dataset:
+def _open_esc50_layout(path: str, *, kind: str, esc10_only: bool, missing: str) -> Dataset:
+    check_missing(missing, kind=kind)
     root = require_dir(path, kind=kind, expected=_EXPECTED_50)
     audio_dir = require_dir(root / "audio", kind=kind, expected=_EXPECTED_50)
     csv_path = require_file(root / "meta" / "esc50.csv", kind=kind, expected=_EXPECTED_50)
     rows = _read_esc50_csv(csv_path)
+    order = _class_order(rows, csv_path)
     files = {p.name for p in audio_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
     listed = {row["filename"] for row in rows}
+    if missing == "skip":
+        flags = present([audio_dir / row["filename"] for row in rows], kind=kind,
+                        listing=csv_path, missing=missing)
+        rows = [row for row, ok in zip(rows, flags, strict=True) if ok]
+        listed = {row["filename"] for row in rows}
     _check_files_match(csv_path, audio_dir, files, listed)
 
     clips = [
@@ -130,7 +162,27 @@ def _open_esc50_layout(path: str, *, kind: str, esc10_only: bool) -> Dataset:
     ]
     if not clips:
         raise DataError(f"{kind}: '{csv_path}' selects no clips; check its esc10/category columns")
-    return Dataset(kind=kind, root=str(root), clips=clips)
+    dataset = Dataset(kind=kind, root=str(root), clips=clips)
+    if order is not None:
+        dataset.class_order = order[:10] if esc10_only else order
+    return dataset
+
+
+def _class_order(rows: list[dict[str, str]], csv_path: Path) -> tuple[str, ...] | None:
+    """Category names in seed 001's subset order, from the CSV's target -> category pairs.
+
+    None when the CSV does not name all 50 targets (a cut-down CSV): no subset order then.
+    """
+    names: dict[int, set[str]] = {}
+    for row in rows:
+        names.setdefault(int(row["target"]), set()).add(row["category"])
+    clashes = [f"target {t}: {sorted(n)}" for t, n in sorted(names.items()) if len(n) > 1]
+    if clashes:
+        raise DataError(f"esc50: '{csv_path}' names a target with several categories:\n"
+                        f"{format_list(clashes)}\nrestore the original ESC-50 esc50.csv")
+    if set(names) != set(SUBSET_TARGETS):
+        return None
+    return tuple(next(iter(names[t])) for t in SUBSET_TARGETS)
 
 
 def _read_esc50_csv(csv_path: Path) -> list[dict[str, str]]:

@@ -22,6 +22,36 @@ from bitsound.errors import DataError
 MAX_LISTED = 20
 
 
+@dataclass(frozen=True, order=True)
+class Event:
+    """One annotated sound event inside a recording.
+
+    Parameters
+    ----------
+    onset, offset : float
+        Start and end in seconds from the start of the file (not of a clip's ``start``),
+        ``0 <= onset < offset``.
+    label : str
+        Event class.
+    """
+
+    onset: float
+    offset: float
+    label: str
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.onset) and np.isfinite(self.offset)):
+            raise DataError(f"event {self.label!r}: onset {self.onset!r} and offset "
+                            f"{self.offset!r} must be finite numbers of seconds")
+        if self.onset < 0 or self.offset <= self.onset:
+            raise DataError(f"event {self.label!r} [{self.onset}, {self.offset}] s: need "
+                            "0 <= onset < offset; fix the annotation")
+
+    @property
+    def duration(self) -> float:
+        return self.offset - self.onset
+
+
 @dataclass(frozen=True)
 class Clip:
     """One labelled piece of audio.
@@ -42,6 +72,10 @@ class Clip:
         Part of a long file to use, in seconds; ``None`` means the file's start / end.
     meta : dict
         Anything else the source knows (e.g. xeno-canto metadata). Not part of equality or hash.
+    events : tuple of Event or None
+        Strong labels: annotated events (times in seconds of the file). ``None``: the clip is
+        weakly labelled (``label`` only); ``()``: annotated, and nothing happens in it. Windows
+        that no event covers take ``label`` (see :func:`bitsound.data.events.window_labels`).
     """
 
     path: str
@@ -52,6 +86,12 @@ class Clip:
     start: float | None = None
     end: float | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    events: tuple[Event, ...] | None = None
+
+    @property
+    def all_labels(self) -> set[str]:
+        """The clip label and every event label."""
+        return {self.label, *(event.label for event in self.events or ())}
 
 
 class Dataset:
@@ -79,6 +119,10 @@ class Dataset:
     generated: bool = False
     #: For generated datasets: the rate :meth:`load` returns when ``sample_rate`` is None.
     native_rate: int | None = None
+    #: A published order of the classes, for ``data.classes: N`` (the first N); None: none.
+    class_order: tuple[str, ...] | None = None
+    #: ``(split kind, reason)`` when only that kind of split gives honest, comparable scores.
+    required_split: tuple[str, str] | None = None
 
     def __init__(
         self,
@@ -91,14 +135,12 @@ class Dataset:
         self.kind = kind
         self.root = str(root)
         self.clips: list[Clip] = list(clips)
-        self.labels: list[str] = (
-            sorted({clip.label for clip in self.clips}) if labels is None else list(labels)
-        )
+        self.labels: list[str] = sorted(_labels_of(self.clips)) if labels is None else list(labels)
         self._check_labels()
 
     def _check_labels(self) -> None:
         known = set(self.labels)
-        unknown = sorted({clip.label for clip in self.clips} - known)
+        unknown = sorted(_labels_of(self.clips) - known)
         if unknown:
             raise DataError(
                 f"{self.kind} dataset at '{self.root}': clips carry labels {unknown} that are not "
@@ -187,6 +229,14 @@ class Dataset:
             ) from exc
         return f"file:{path}|size={stat.st_size}|mtime_ns={stat.st_mtime_ns}|{_span(clip)}"
 
+    def member(self, clip: Clip) -> tuple[Dataset, Clip]:
+        """The data set that reads ``clip`` and the clip as that data set knows it.
+
+        A plain data set reads its own clips; a combined one hands each to its source (so a
+        check can tell generated clips from files).
+        """
+        return self, clip
+
     # ---------------------------------------------------------------- subsets
     def subset(self, indices: Sequence[int] | np.ndarray, *, keep_labels: bool = False) -> Dataset:
         """A dataset of the clips at ``indices`` (same kind, root and loader).
@@ -215,10 +265,18 @@ class Dataset:
         # A shallow copy keeps subclass state (e.g. generator settings) and overridden loaders.
         child = copy.copy(self)
         child.clips = [self.clips[i] for i in idx.tolist()]
-        child.labels = (
-            list(self.labels) if keep_labels else sorted({clip.label for clip in child.clips})
-        )
+        child.labels = list(self.labels) if keep_labels else sorted(_labels_of(child.clips))
         return child
+
+
+def _labels_of(clips: Sequence[Clip]) -> set[str]:
+    """Clip labels and, for strongly labelled clips, their event labels."""
+    labels: set[str] = set()
+    for clip in clips:
+        labels.add(clip.label)
+        if clip.events:
+            labels.update(event.label for event in clip.events)
+    return labels
 
 
 def _span(clip: Clip) -> str:

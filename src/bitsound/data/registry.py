@@ -1,14 +1,18 @@
 """Dataset sources found by name: ``open_dataset("fsdd:/data/fsdd")``.
 
-A source is a factory ``factory(path: str) -> Dataset`` registered under a kind name with
-:func:`register_dataset`. A spec string is ``KIND:PATH``, split on the first colon (so paths
+A source is a factory ``factory(path: str, **options) -> Dataset`` registered under a kind name
+with :func:`register_dataset`. A spec string is ``KIND:PATH``, split on the first colon (so paths
 may contain colons); a kind that takes no path (``synthetic``) may be given alone.
+
+Kinds that declare options take them after the path as ``KIND:PATH?key=value,key=value``
+(e.g. ``esc50:/data/ESC-50?missing=skip``). A kind without options keeps any ``?`` as part of
+its path; an option the kind does not declare is an error that lists the valid ones.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +20,14 @@ from bitsound.data.records import Dataset
 from bitsound.errors import DataError, RegistryError
 from bitsound.registry import Registry
 
-Factory = Callable[[str], Dataset]
+Factory = Callable[..., Dataset]
 
 
 @dataclass(frozen=True)
 class _Entry:
     factory: Factory
     path_required: bool
+    options: dict[str, str]
 
 
 # The shared name registry gives unique names and errors that list the valid kinds.
@@ -30,7 +35,11 @@ DATASETS: Registry[_Entry] = Registry("dataset kind")
 
 
 def register_dataset(
-    name: str, *, description: str, path_required: bool = True
+    name: str,
+    *,
+    description: str,
+    path_required: bool = True,
+    options: Mapping[str, str] | None = None,
 ) -> Callable[[Factory], Factory]:
     """Register a dataset factory under ``name``.
 
@@ -42,6 +51,9 @@ def register_dataset(
         One line for ``bitsound list datasets``.
     path_required : bool
         False for sources that can be opened without a path (e.g. generated data).
+    options : mapping of str to str, optional
+        Option names the factory takes as keyword arguments (string values), each with a
+        one-line description for error messages; given as ``KIND:PATH?key=value,...``.
 
     Raises
     ------
@@ -52,7 +64,8 @@ def register_dataset(
         raise RegistryError(f"dataset kind {name!r} must be a non-empty name without ':'")
 
     def decorator(factory: Factory) -> Factory:
-        DATASETS.add(name, _Entry(factory, path_required), description=description)
+        DATASETS.add(name, _Entry(factory, path_required, dict(options or {})),
+                     description=description)
         return factory
 
     return decorator
@@ -101,10 +114,45 @@ def open_dataset(spec: str) -> Dataset:
             f"valid kinds are: {', '.join(DATASETS)}"
         )
     entry = DATASETS.get(kind)
+    options: dict[str, str] = {}
+    if entry.options and "?" in path:
+        path, _, query = path.rpartition("?")
+        options = parse_options(query, spec=spec, valid=entry.options)
     if entry.path_required and not path:
         description = dict(DATASETS.describe())[kind]
         raise RegistryError(f"dataset spec {spec!r} has no path; write it as {kind}:PATH ({description})")
-    return entry.factory(path)
+    return entry.factory(path, **options)
+
+
+def parse_options(query: str, *, spec: str, valid: Mapping[str, str]) -> dict[str, str]:
+    """``key=value,key=value`` after a spec's ``?`` as a dict, every key checked.
+
+    Raises
+    ------
+    RegistryError
+        A part is not ``key=value``, a key is repeated, or a key is not one of ``valid``.
+    """
+    options: dict[str, str] = {}
+    listing = "; ".join(f"{key}: {text}" for key, text in valid.items())
+    for part in query.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise RegistryError(f"dataset spec {spec!r}: option {part!r} is not key=value; "
+                                f"options: {listing}")
+        if key not in valid:
+            raise RegistryError(f"dataset spec {spec!r}: unknown option {key!r}; options: {listing}")
+        if key in options:
+            raise RegistryError(f"dataset spec {spec!r}: option {key!r} is given twice")
+        options[key] = value
+    return options
+
+
+def choice(value: str, *, option: str, kind: str, valid: tuple[str, ...]) -> str:
+    """Check a string option against its valid values (for factories)."""
+    if value not in valid:
+        raise RegistryError(f"{kind}: option {option}={value!r} is not one of {', '.join(valid)}")
+    return value
 
 
 # ------------------------------------------------------------------ path checks for factories

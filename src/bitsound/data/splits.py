@@ -183,6 +183,52 @@ def group_split(clips: Sequence[Clip] | Dataset, *, val_fraction: float, seed: i
                      f"group({val_fraction:g}, seed={seed})")
 
 
+def unseen_device_split(clips: Sequence[Clip] | Dataset, *, val_devices: Iterable[str],
+                        val_fraction: float, seed: int) -> Split:
+    """A group-disjoint split whose training side never hears ``val_devices``.
+
+    :func:`group_split` (by group: the city for the TAU sets, the recording elsewhere) chooses
+    the validation groups; every clip of ``val_devices`` in the training groups is then dropped,
+    so validation holds seen devices of unseen groups and unseen devices (the DCASE 2020 Task 1a
+    question: does the model generalise to devices it never heard?). Dropped clips are in
+    neither index array.
+
+    Parameters
+    ----------
+    clips : sequence of Clip or Dataset
+    val_devices : iterable of str
+        Devices heard in validation only (e.g. ``["S4", "S5", "S6"]``).
+    val_fraction, seed
+        As in :func:`group_split`.
+
+    Raises
+    ------
+    DataError
+        Clips without a device or group.
+    ConfigError
+        ``val_devices`` names a device the clips do not have, or all of them.
+    """
+    clips = _as_clips(clips)
+    devices = _require_attribute(clips, "device", fix="use a source that sets devices (tau2020-"
+                                 "mobile, a manifest with a device column)")
+    unseen = {str(d) for d in val_devices}
+    known = _natural_sorted(set(devices))
+    unknown = sorted(unseen - set(known))
+    if unknown or not unseen or unseen >= set(known):
+        raise ConfigError(f"val_devices={sorted(unseen)} must name some but not all of the "
+                          f"devices {known}")
+    split = group_split(clips, val_fraction=val_fraction, seed=seed)
+    train = np.array([i for i in split.train.tolist() if devices[i] not in unseen],
+                     dtype=np.int64)
+    in_val = {devices[i] for i in split.val.tolist()}
+    missing = sorted(unseen - in_val)
+    if missing:
+        raise DataError(f"unseen_devices: the validation groups hold no clip of {missing}; "
+                        f"choose another data.split.seed or val_fraction")
+    name = f"unseen_devices({'+'.join(_natural_sorted(unseen))}, {split.name})"
+    return Split(name=name, train=train, val=split.val)
+
+
 def _closest_prefix(order: np.ndarray, sizes: np.ndarray, *, target: float) -> np.ndarray:
     """Mask of the groups in the prefix of ``order`` whose clip count is closest to ``target``.
 
