@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from bitsound.audio.augment import FeatureAugment, mask_axis, time_shift
 from bitsound.config import AugmentConfig
+from bitsound.errors import ConfigError
 
 
 def test_time_shift_is_a_circular_roll_per_example():
@@ -25,14 +27,19 @@ def test_masks_cover_whole_bands_with_the_mean():
             torch.testing.assert_close(out[b, 0, rows[0]], x[b].mean().expand(30))
 
 
-def test_augment_is_reproducible_and_leaves_images_alone():
+def test_augment_is_reproducible_and_refuses_other_input_kinds():
     aug = FeatureAugment(AugmentConfig(time_shift=0.1, time_masks=2, freq_masks=2, gain_db=6))
     x = torch.randn(8, 1, 40, 50)
     a = aug(x, torch.Generator().manual_seed(3))
     b = aug(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, x)
-    image = torch.randn(8, 1, 32)  # not (batch, channels, freq, time): untouched
-    assert torch.equal(aug(image, torch.Generator()), image)
+    wave = torch.randn(8, 1, 32)  # a waveform batch: SpecAugment masks are refused, not skipped
+    with pytest.raises(ConfigError, match="time_masks works on logmel input only"):
+        aug(wave, torch.Generator())
+    image = FeatureAugment(AugmentConfig(time_shift=0.1), input_kind="binary_image")
+    binary = (torch.rand(4, 1, 32, 32) > 0.5).float()
+    shifted = image(binary, torch.Generator().manual_seed(0))
+    assert set(shifted.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_warp_with_no_stretch_is_identity_and_stretch_moves_content_up():

@@ -1,8 +1,15 @@
-"""Augmentations of front-end feature batches, applied on the fly to training batches only.
+"""Augmentations of training batches, applied on the fly after the feature cache.
 
-They act on (batch, channels, freq, time) log-feature tensors, after the feature cache, so a
-dataset is decoded once however many epochs see it augmented. Every random draw comes from the
-``generator`` passed in, which keeps training reproducible and resumable.
+A dataset is decoded once however many epochs see it augmented. Every random draw comes from
+the ``generator`` passed in, which keeps training reproducible and resumable.
+
+Each augmentation works on some input kinds only (:data:`SUPPORTED`): ``logmel`` features
+(batch, channels, freq, time), ``binary_image`` features (the same shape, values in {0, 1})
+and ``waveform`` batches (batch, channels, samples) of ``frontend.kind: raw``. A recipe that
+asks for one on another kind is refused when it loads (:func:`check_supported`), and
+:class:`FeatureAugment` refuses a batch of the wrong kind: nothing is silently skipped.
+Waveform augmentations live in :mod:`bitsound.audio.wave_augment`, the pair mixers (mixup,
+CutMix, between-class learning) in the training task (:mod:`bitsound.audio.wave_mix`).
 """
 
 from __future__ import annotations
@@ -10,7 +17,60 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bitsound.config import AugmentConfig
+from bitsound.audio import wave_augment
+from bitsound.config import AudioConfig, AugmentConfig
+from bitsound.errors import ConfigError
+
+WAVE, LOGMEL, IMAGE = "waveform", "logmel", "binary_image"
+
+#: The input kinds each ``augment`` key works on.
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "time_shift": (WAVE, LOGMEL, IMAGE),  # a circular roll keeps binary values binary
+    "freq_warp": (LOGMEL,),
+    "time_stretch": (LOGMEL,),
+    "time_masks": (LOGMEL,),
+    "freq_masks": (LOGMEL,),
+    "gain_db": (WAVE, LOGMEL),
+    "mixup_alpha": (WAVE, LOGMEL, IMAGE),
+    "random_crop": (WAVE,),
+    "temporal_mask": (WAVE,),
+    "fir_filters": (WAVE,),
+    "noise": (WAVE,),
+    "cutmix": (WAVE,),
+    "between_class": (WAVE,),
+}
+_HINTS = {
+    (WAVE, "time_masks"): "augment.temporal_mask masks waveforms",
+    (WAVE, "freq_masks"): "augment.fir_filters removes frequency bands of waveforms",
+    (LOGMEL, "between_class"): "augment.mixup_alpha mixes features",
+    (IMAGE, "between_class"): "augment.mixup_alpha mixes features",
+}
+
+
+def active_keys(cfg: AugmentConfig) -> list[str]:
+    """The ``augment`` keys that are switched on (not at their neutral default)."""
+    neutral = AugmentConfig()
+    return [key for key in SUPPORTED if getattr(cfg, key) != getattr(neutral, key)]
+
+
+def check_supported(cfg: AugmentConfig, *, input_kind: str) -> None:
+    """Refuse augmentations that do not work on ``input_kind``.
+
+    Raises
+    ------
+    ConfigError
+        Naming every such key, the kinds it works on and, where there is one, what to use.
+    """
+    bad = [key for key in active_keys(cfg) if input_kind not in SUPPORTED[key]]
+    if not bad:
+        return
+    lines = []
+    for key in bad:
+        hint = _HINTS.get((input_kind, key))
+        lines.append(f"  augment.{key} works on {' / '.join(SUPPORTED[key])} input only"
+                     + (f"; {hint}" if hint else ""))
+    raise ConfigError(f"the front end gives {input_kind} input, which these augmentations do not "
+                      "support:\n" + "\n".join(lines) + "\nremove them or change the front end")
 
 
 def time_shift(x: torch.Tensor, max_fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -76,23 +136,80 @@ def random_gain(x: torch.Tensor, gain_db: float, generator: torch.Generator) -> 
 class FeatureAugment:
     """Applies the augmentations of an :class:`~bitsound.config.AugmentConfig` to a batch.
 
-    Masks and shifts need a time axis, so they apply to 4-D (batch, channels, freq, time)
-    features only; binary images are left alone except for mixup (done by the task).
+    Parameters
+    ----------
+    cfg : AugmentConfig
+    input_kind : {"waveform", "logmel", "binary_image"}, optional
+        What the batches are (:func:`bitsound.config.input_kind` of the front end). Without it
+        a 3-D batch counts as waveforms and a 4-D batch as log-mel features.
+    audio : AudioConfig, optional
+        Needed for waveforms: the sample rate (filters, masks) and ``crop`` (stored clips are
+        cut to the model input here, at random with ``cfg.random_crop``, else centred).
+
+    Raises
+    ------
+    ConfigError
+        An augmentation the input kind does not support, or a waveform augmentation without
+        the audio config it needs.
+
+    Notes
+    -----
+    Order on waveforms: crop, gain, temporal mask, FIR filter, noise, time shift (seed 004
+    filters after masking and adds noise last). The pair mixers run after these, in the task.
     """
 
-    def __init__(self, cfg: AugmentConfig):
+    def __init__(self, cfg: AugmentConfig, *, input_kind: str | None = None,
+                 audio: AudioConfig | None = None):
         self.cfg = cfg
+        self.input_kind = input_kind
+        self.audio = audio
+        if input_kind is not None:
+            check_supported(cfg, input_kind=input_kind)
+        wave_keys = [k for k in active_keys(cfg) if SUPPORTED[k] == (WAVE,)
+                     and k not in ("cutmix", "between_class")]
+        if wave_keys and audio is None:
+            raise ConfigError(f"augment.{wave_keys[0]} needs the audio config (sample rate, "
+                              "crop): build FeatureAugment(cfg, input_kind=..., audio=...)")
+        self.filters = None
+        if cfg.fir_filters is not None:
+            self.filters = wave_augment.FirFilterBank(
+                sample_rate=audio.sample_rate, numtaps=cfg.fir_filters.numtaps,
+                p=cfg.fir_filters.p)
 
     @property
     def active(self) -> bool:
         c = self.cfg
         return bool(c.time_shift or c.time_masks or c.freq_masks or c.gain_db or c.freq_warp
-                    or c.time_stretch)
+                    or c.time_stretch or self._crops or c.temporal_mask or c.fir_filters
+                    or c.noise)
+
+    @property
+    def _crops(self) -> bool:
+        return self.audio is not None and self.audio.crop is not None
+
+    def _kind_of(self, x: torch.Tensor) -> str:
+        expected = {WAVE: 3, LOGMEL: 4, IMAGE: 4}
+        if self.input_kind is None:
+            if x.dim() not in (3, 4):
+                raise ConfigError(f"augmentations take waveform (batch, channels, samples) or "
+                                  f"feature (batch, channels, freq, time) batches, got shape "
+                                  f"{tuple(x.shape)}")
+            kind = WAVE if x.dim() == 3 else LOGMEL
+            check_supported(self.cfg, input_kind=kind)
+            return kind
+        if x.dim() != expected[self.input_kind]:
+            raise ConfigError(f"augmentations were set up for {self.input_kind} batches of "
+                              f"{expected[self.input_kind]} dimensions, got shape "
+                              f"{tuple(x.shape)}")
+        return self.input_kind
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        c = self.cfg
-        if x.dim() != 4 or not self.active:
+        kind = self._kind_of(x)
+        if not self.active:
             return x
+        if kind == WAVE:
+            return self._waveform(x, generator)
+        c = self.cfg
         if c.gain_db:
             x = random_gain(x, c.gain_db, generator)
         if c.freq_warp or c.time_stretch:
@@ -105,4 +222,28 @@ class FeatureAugment:
         if c.time_masks:
             x = mask_axis(x, axis=3, count=c.time_masks, max_fraction=c.time_mask_width,
                           generator=generator)
+        return x
+
+    def _waveform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        c, audio = self.cfg, self.audio
+        if self._crops:
+            from bitsound.audio.io import crop_geometry
+
+            length, pad, _ = crop_geometry(audio)
+            x = wave_augment.crop(x, length=length, pad=pad, trim_zeros=audio.crop.trim_zeros,
+                                  starts="random" if c.random_crop else "center",
+                                  generator=generator)
+        if c.gain_db:
+            x = wave_augment.random_gain(x, c.gain_db, generator)
+        if c.temporal_mask is not None:
+            m = c.temporal_mask
+            x = wave_augment.temporal_mask(x, sample_rate=audio.sample_rate,
+                                           mean_seconds=m.mean_seconds, std_seconds=m.std_seconds,
+                                           positions=m.positions, p=m.p, generator=generator)
+        if self.filters is not None:
+            x = self.filters(x, generator)
+        if c.noise is not None:
+            x = wave_augment.add_noise(x, snr_db=c.noise.snr_db, p=c.noise.p, generator=generator)
+        if c.time_shift:
+            x = time_shift(x, c.time_shift, generator)
         return x

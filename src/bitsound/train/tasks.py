@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsound.errors import ConfigError
+
 
 class ClassificationTask:
-    """Cross-entropy classification with optional label smoothing and mixup.
+    """Classification with optional label smoothing and one pair mixer.
 
     Parameters
     ----------
@@ -21,20 +23,39 @@ class ClassificationTask:
         Weight of the uniform distribution mixed into the targets (Szegedy et al. 2016).
     mixup_alpha : float
         Beta(alpha, alpha) parameter of mixup (Zhang et al. 2018); 0 disables it.
+    mixer : callable, optional
+        Another pair mixer, ``mixer(x, y, generator) -> (x, lam, partner)`` (see
+        :mod:`bitsound.audio.wave_mix`: between-class learning, CutMix); exclusive with mixup.
+    loss : {"cross_entropy", "kl_divergence"}
+        ``kl_divergence`` is KL(target || softmax(logits)) averaged over the batch, the loss
+        ACDNet trains its between-class targets with; it differs from the cross-entropy by the
+        targets' entropy, so the gradients are the same.
     """
 
-    def __init__(self, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0):
+    def __init__(self, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 mixer=None, loss: str = "cross_entropy"):
+        if mixer is not None and mixup_alpha > 0:
+            raise ConfigError("mixup_alpha and another pair mixer both mix examples; choose one")
+        if loss not in ("cross_entropy", "kl_divergence"):
+            raise ConfigError(f"loss must be 'cross_entropy' or 'kl_divergence', got {loss!r}")
         self.label_smoothing = label_smoothing
         self.mixup_alpha = mixup_alpha
+        self.mixer = mixer
+        self.loss = loss
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       generator: torch.Generator) -> torch.Tensor:
         """Loss of one training batch. x : [shape=(batch, ...)], y : [shape=(batch,)] int."""
-        x, lam, perm = self.mix(x, generator)
+        x, lam, perm = self.mix(x, generator, y=y)
         return self.loss_on(model(x), y, x=x, lam=lam, perm=perm)
 
-    def mix(self, x: torch.Tensor, generator: torch.Generator):
-        """Mixup of a batch: (mixed x, lambda, permutation); lambda is 1 without mixup."""
+    def mix(self, x: torch.Tensor, generator: torch.Generator, *, y: torch.Tensor | None = None):
+        """Mix a batch: (mixed x, lambda, partner indices); lambda is 1 and partners None
+        without mixing. Lambda is a float, or a tensor [shape=(batch,)] of one per example."""
+        if self.mixer is not None:
+            if y is None:
+                raise ConfigError("this task's mixer pairs examples by label: pass y")
+            return self.mixer(x, y, generator)
         if self.mixup_alpha <= 0:
             return x, 1.0, None
         # torch's Beta sampler ignores generators; seed numpy's from ours instead so runs
@@ -44,11 +65,29 @@ class ClassificationTask:
         perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
         return lam * x + (1 - lam) * x[perm], lam, perm
 
-    def loss_on(self, logits: torch.Tensor, y: torch.Tensor, *, x, lam: float, perm):
-        """Cross-entropy against the (possibly mixed) targets."""
-        if perm is None:
-            return self._ce(logits, y)
-        return lam * self._ce(logits, y) + (1 - lam) * self._ce(logits, y[perm])
+    def loss_on(self, logits: torch.Tensor, y: torch.Tensor, *, x, lam, perm):
+        """The loss against the (possibly mixed) targets."""
+        if self.loss == "cross_entropy" and not torch.is_tensor(lam):
+            if perm is None:
+                return self._ce(logits, y)
+            return lam * self._ce(logits, y) + (1 - lam) * self._ce(logits, y[perm])
+        target = self.targets(y, n_classes=logits.shape[-1], lam=lam, perm=perm)
+        log_p = F.log_softmax(logits, dim=-1)
+        cross = -(target * log_p).sum(dim=-1)
+        if self.loss == "kl_divergence":
+            cross = cross + torch.special.xlogy(target, target).sum(dim=-1)
+        return cross.mean()
+
+    def targets(self, y: torch.Tensor, *, n_classes: int, lam, perm) -> torch.Tensor:
+        """Target distributions [shape=(batch, n_classes)]: lam of y, 1 - lam of y[perm],
+        then label smoothing."""
+        target = F.one_hot(y, n_classes).to(torch.float32)
+        if perm is not None:
+            weight = lam.view(-1, 1) if torch.is_tensor(lam) else lam
+            target = weight * target + (1 - weight) * F.one_hot(y[perm], n_classes).float()
+        if self.label_smoothing:
+            target = (1 - self.label_smoothing) * target + self.label_smoothing / n_classes
+        return target
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -57,7 +96,6 @@ class ClassificationTask:
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities [shape=(batch, n_classes)]."""
         return torch.softmax(model(x), dim=-1)
-
 
 
 class DistillationTask(ClassificationTask):
@@ -80,8 +118,10 @@ class DistillationTask(ClassificationTask):
     """
 
     def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
-                 label_smoothing: float = 0.0, mixup_alpha: float = 0.0):
-        super().__init__(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
+                 label_smoothing: float = 0.0, mixup_alpha: float = 0.0, mixer=None,
+                 loss: str = "cross_entropy"):
+        super().__init__(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, mixer=mixer,
+                         loss=loss)
         self.teacher = teacher.eval()
         for param in self.teacher.parameters():
             param.requires_grad_(False)
