@@ -1,0 +1,90 @@
+"""Mixture synthesis on the real event and background material: disjoint parts, determinism,
+annotations that say where the event energy is."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bitsound.audio.io import load_audio
+from bitsound.data import open_dataset
+from bitsound.data.events import read_annotations
+from bitsound.data.mixtures import MixConfig, make_mixtures, split_sources
+from bitsound.errors import ConfigError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EVENTS = DATA / "dcase2016-task2-events"
+BACKGROUNDS = DATA / "tut2017-scenes"
+pytestmark = pytest.mark.skipif(not (EVENTS.is_dir() and BACKGROUNDS.is_dir()),
+                                reason=f"{EVENTS} or {BACKGROUNDS} not present")
+
+
+def _cfg(**kw):
+    base = {"events_dir": str(EVENTS), "backgrounds_dir": str(BACKGROUNDS),
+            "scenes": ["office", "library"], "n_mixtures": {"train": 3, "val": 1, "test": 2}}
+    return MixConfig(**{**base, **kw})
+
+
+def test_parts_are_disjoint_by_event_file_and_recording():
+    split = split_sources(_cfg())
+    parts = list(split.events)
+    assert parts == ["train", "val", "test"]
+    for a in parts:
+        for b in parts:
+            if a >= b:
+                continue
+            files_a = {p for files in split.events[a].values() for p in files}
+            files_b = {p for files in split.events[b].values() for p in files}
+            assert not files_a & files_b
+            rec_a = {x.recording for x in split.backgrounds[a]}
+            rec_b = {x.recording for x in split.backgrounds[b]}
+            assert not rec_a & rec_b
+    # every class in every part; 14 files per class dealt 8 / 2 / 4 (60 / 15 / 25 %)
+    for part, n in (("train", 8), ("val", 2), ("test", 4)):
+        assert len(split.events[part]) == 11
+        assert all(len(files) == n for files in split.events[part].values())
+    # each scene's recordings are dealt separately, so each part holds both scenes
+    assert all({x.scene for x in split.backgrounds[p]} == {"office", "library"} for p in parts)
+
+
+def test_mixtures_are_deterministic_annotated_and_loadable(tmp_path):
+    summary = make_mixtures(_cfg(seed=5), tmp_path / "a", show_progress=False)
+    make_mixtures(_cfg(seed=5), tmp_path / "b", show_progress=False)
+    make_mixtures(_cfg(seed=6), tmp_path / "c", show_progress=False)
+    a = (tmp_path / "a/dev/audio/train_0001.wav").read_bytes()
+    assert a == (tmp_path / "b/dev/audio/train_0001.wav").read_bytes()
+    assert a != (tmp_path / "c/dev/audio/train_0001.wav").read_bytes()
+    assert summary["parts"]["test"]["mixtures"] == 2 and summary["sample_rate"] == 22050
+
+    dev = open_dataset(f"sed:{tmp_path / 'a/dev'}")
+    assert sorted({c.fold for c in dev}) == ["train", "val"] and len(dev) == 4
+    test_table = read_annotations(tmp_path / "a/test/events.tsv")
+    assert sorted(test_table) == ["test_0000.wav", "test_0001.wav"]
+    record = json.loads((tmp_path / "a/split.json").read_text())
+    test_files = {f for files in record["split"]["test"]["event_files"].values() for f in files}
+    with open(tmp_path / "a/test/sources.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(str(Path(r["event_file"]).relative_to(EVENTS)) in test_files for r in rows)
+
+    for row in rows:  # each annotation spans exactly its event file, and the file's energy is there
+        mix, rate = sf.read(tmp_path / "a/test/audio" / row["filename"])
+        event = load_audio(row["event_file"], sample_rate=rate, channels="mono")[0]
+        onset, offset = float(row["onset"]), float(row["offset"])
+        assert offset - onset == pytest.approx(len(event) / rate, abs=1e-4)
+        background = load_audio(row["background"], sample_rate=rate, channels="mono")[0]
+        start, stop = round(onset * rate), round(offset * rate)
+        added = np.abs(mix[start:stop]).mean() / max(np.abs(background[start:stop]).mean(), 1e-9)
+        before = np.abs(mix[:start]).mean() / max(np.abs(background[:start]).mean(), 1e-9) if start else 1
+        ebr = float(row["ebr_db"])
+        if ebr > 0:  # a loud event raises the level where it is annotated
+            assert added > before
+
+
+def test_bad_mix_settings_are_config_errors():
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        _cfg(fractions={"train": 0.8, "val": 0.3})
+    with pytest.raises(ConfigError, match="not in"):
+        split_sources(_cfg(scenes=["moon"]))
