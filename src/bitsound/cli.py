@@ -1,4 +1,5 @@
-"""The ``bitsound`` command line: train, cv, evaluate, predict, list, data check."""
+"""The ``bitsound`` command line: train, cv, evaluate, predict, detect, evaluate-events, mix, export,
+report, list, data check."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from bitsound.errors import BitsoundError
+from bitsound.errors import BitsoundError, ConfigError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -36,39 +37,56 @@ def cmd_train(args) -> int:
     from bitsound.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set)
-    if args.data:  # one data set replaces the recipe's spec or sources
-        recipe.data.sources = []
-        recipe.data.spec = args.data
+    _apply_cli_flags(recipe, args)
     out_dir = Path(args.out or Path("runs") / recipe.name)
     dataset = open_recipe_data(recipe)
     split = holdout_split(recipe, dataset)
     log.info("training %s on %s (%d clips) -> %s", recipe.name, data_name(recipe),
              len(dataset.clips), out_dir)
     outcome = train_on_split(recipe, dataset, split, out_dir=out_dir, cache=_cache(args),
-                             resume=args.resume, show_progress=not args.quiet)
-    print_train_summary(outcome.metrics, out_dir)
+                             resume=args.resume, show_progress=not args.quiet,
+                             skip_bad=args.skip_bad)
+    print_train_summary(outcome.result, out_dir)
     return 0
 
 
-def print_train_summary(metrics: dict, out_dir: Path) -> None:
-    table = Table(title=f"bitsound train: {metrics['recipe']}", show_header=False)
-    table.add_row("data", f"{metrics['data']} ({metrics['n_train_clips']} training clips)")
-    split = metrics["split"]
-    held = metrics["held_out"]
+def _apply_cli_flags(recipe, args) -> None:
+    if args.data:  # one data set replaces the recipe's spec or sources
+        recipe.data.sources = []
+        recipe.data.spec = args.data
+    if args.tensorboard:
+        recipe.train.tensorboard = True
+
+
+def print_train_summary(result, out_dir: Path) -> None:
+    table = Table(title=f"bitsound train: {result.recipe}", show_header=False)
+    table.add_row("data", f"{result.data} ({result.n_train_clips} training clips)")
+    split = result.split
+    held = result.held_out
     if held is None:
-        table.add_row("held out", split["note"])
+        table.add_row("held out", split.note)
     else:
-        table.add_row("held-out split", f"{split['kind']} '{split['name']}' ({held['n']} clips "
+        table.add_row("held-out split", f"{split.kind} '{split.name}' ({held.n} clips "
                                          f"never trained on)")
-        table.add_row("held-out accuracy", _percent(held["accuracy"]))
-        table.add_row("balanced accuracy", _percent(held["balanced_accuracy"]))
-        table.add_row("macro F1", _percent(held["macro_f1"]))
-    table.add_row("parameters", f"{metrics['params']:,}")
-    table.add_row("best epoch", f"{metrics['best_epoch']} of {metrics['epochs_run']} run")
-    table.add_row("training time", f"{metrics['train_seconds']} s")
+        table.add_row("held-out accuracy", _percent(held.accuracy))
+        table.add_row("balanced accuracy", _percent(held.balanced_accuracy))
+        table.add_row("macro F1", _percent(held.macro_f1))
+        for row in held.per_device or []:
+            seen = {True: "seen", False: "unseen", None: "?"}[row.seen]
+            table.add_row(f"  device {row.device} ({seen})", f"{_percent(row.accuracy)} of {row.n} clips")
+    table.add_row("parameters", f"{result.params:,}")
+    _add_skipped_row(table, result.clip_check)
+    table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run} run")
+    table.add_row("training time", f"{result.train_seconds} s")
     table.add_row("model", str(out_dir / "model.pt"))
     table.add_row("report", f"{out_dir / 'metrics.json'}  (log: {out_dir / 'log.jsonl'})")
     out_console.print(table)
+
+
+def _add_skipped_row(table: Table, clip_check: dict | None) -> None:
+    if clip_check and clip_check["n_bad"]:
+        table.add_row("left out (--skip-bad)", f"{clip_check['n_bad']} unreadable clip(s), "
+                      "listed in the log and the JSON report")
 
 
 def cmd_cv(args) -> int:
@@ -76,21 +94,24 @@ def cmd_cv(args) -> int:
     from bitsound.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set)
-    if args.data:  # one data set replaces the recipe's spec or sources
-        recipe.data.sources = []
-        recipe.data.spec = args.data
+    _apply_cli_flags(recipe, args)
     out_dir = Path(args.out or Path("runs") / f"{recipe.name}-cv")
     summary = cross_validate(recipe, open_recipe_data(recipe), out_dir=out_dir,
-                             cache=_cache(args), show_progress=not args.quiet)
-    table = Table(title=f"bitsound cv: {recipe.name} ({summary['split']})")
+                             cache=_cache(args), show_progress=not args.quiet,
+                             skip_bad=args.skip_bad)
+    table = Table(title=f"bitsound cv: {recipe.name} ({summary.split})")
     for column in ("held out", "clips", "accuracy", "balanced acc.", "macro F1"):
         table.add_column(column)
-    for row in summary["folds"]:
-        table.add_row(row["held_out"], str(row["n"]), _percent(row["accuracy"]),
-                      _percent(row["balanced_accuracy"]), _percent(row["macro_f1"]))
-    table.add_row("mean", "", f"{_percent(summary['mean_accuracy'])} ± "
-                  f"{100 * summary['std_accuracy']:.2f}", "", "")
+    for row in summary.folds:
+        table.add_row(row.held_out, str(row.n), _percent(row.accuracy),
+                      _percent(row.balanced_accuracy), _percent(row.macro_f1))
+    table.add_row("mean", "", f"{_percent(summary.mean_accuracy)} ± "
+                  f"{100 * summary.std_accuracy:.2f}", "", "")
     out_console.print(table)
+    n_bad = summary.clip_check["n_bad"] if summary.clip_check else 0
+    if n_bad:
+        out_console.print(f"left out (--skip-bad): {n_bad} unreadable clip(s), listed in the log "
+                          "and cv.json")
     out_console.print(f"report: {out_dir / 'cv.json'}")
     return 0
 
@@ -101,15 +122,16 @@ def cmd_study(args) -> int:
 
     study = load_study(study_path(args.study))
     out_dir = Path(args.out or Path("runs") / study.study)
-    rows = run_study(study, out_dir=out_dir, cache=_cache(args), extra_overrides=args.set,
-                     data=args.data, show_progress=not args.quiet)
+    result = run_study(study, out_dir=out_dir, cache=_cache(args), extra_overrides=args.set,
+                       data=args.data, show_progress=not args.quiet, skip_bad=args.skip_bad)
     table = Table(title=f"bitsound study: {study.study}")
     for column in COLUMNS:
         table.add_column(column.replace("_", " "))
-    for row in rows:
-        table.add_row(*(cell(k, row[k]) for k in COLUMNS))
+    for row in result.rows:
+        table.add_row(*(cell(k, getattr(row, k)) for k in COLUMNS))
     out_console.print(table)
-    out_console.print(f"tables: {out_dir / 'study.csv'}, {out_dir / 'study.md'}")
+    out_console.print(f"tables: {out_dir / 'study.csv'}, {out_dir / 'study.md'} "
+                      f"(result: {out_dir / 'study.json'})")
     return 0
 
 
@@ -118,18 +140,38 @@ def cmd_evaluate(args) -> int:
     from bitsound.modelfile import load_model
 
     model = load_model(args.model)
-    report = evaluate_model(model, args.data, cache=_cache(args),
-                            show_progress=not (args.quiet or args.json))
+    result = evaluate_model(model, args.data, cache=_cache(args),
+                            show_progress=not (args.quiet or args.json), skip_bad=args.skip_bad,
+                            model_path=str(args.model))
+    if args.out:
+        result.save(Path(args.out))
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(result.to_json()))
         return 0
     table = Table(title=f"bitsound evaluate: {args.model} on {args.data}", show_header=False)
-    table.add_row("clips", str(report["n"]))
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        table.add_row(key.replace("_", " "), _percent(report[key]))
-    table.add_row("log loss", f"{report['log_loss']:.4f}")
+    table.add_row("clips", str(result.n))
+    table.add_row("accuracy", _percent(result.accuracy))
+    table.add_row("balanced accuracy", _percent(result.balanced_accuracy))
+    table.add_row("macro f1", _percent(result.macro_f1))
+    table.add_row("log loss", f"{result.log_loss:.4f}")
+    _add_skipped_row(table, result.clip_check)
+    if args.out:
+        table.add_row("result", str(args.out))
     out_console.print(table)
+    if result.per_device:
+        out_console.print(device_table([row.model_dump() for row in result.per_device]))
     return 0
+
+
+def device_table(rows: list[dict]) -> Table:
+    """Accuracy per recording device, each marked seen / unseen in the model's training data."""
+    marks = {True: "seen", False: "unseen", None: "?"}
+    table = Table(title="per device (seen = in the model's training data)")
+    for column in ("device", "clips", "accuracy", "in training"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["device"], str(row["n"]), _percent(row["accuracy"]), marks[row["seen"]])
+    return table
 
 
 def cmd_predict(args) -> int:
@@ -159,18 +201,171 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_complexity(args) -> int:
-    from bitsound.complexity import check_budget, complexity_report, render_report
-    from bitsound.modelfile import feature_shape, load_model
+def cmd_detect(args) -> int:
+    from bitsound.data.events import read_annotations, write_text_atomic
+    from bitsound.detect.metrics import write_frame_scores
+    from bitsound.detect.run import (
+        detections,
+        load_classifier,
+        load_postprocess,
+        score_files,
+        tune,
+        write_events,
+    )
 
-    model = load_model(args.model)
-    report = complexity_report(model.net, feature_shape(model.recipe))
-    report["model"] = str(args.model)
-    violations = check_budget(report, max_kb=args.max_kb, max_macs=args.max_macs,
-                              max_params=args.max_params, rule=args.rule)
-    report["budget_violations"] = violations
+    classifier = load_classifier(model=args.model, engine=args.engine, isa=args.isa)
+    detect = classifier.recipe.detect
+    updates = {k: v for k, v in (("hop", args.hop), ("block", args.block), ("batch", args.batch))
+               if v is not None}
+    if updates:
+        detect = detect.model_validate({**detect.model_dump(), **updates})
+    post = load_postprocess(args.postprocess) if args.postprocess else detect.postprocess
+    run = score_files(classifier, args.files, detect=detect, device=args.device,
+                      show_progress=not args.quiet)
+    if args.frames:
+        write_frame_scores([f.select([c for c in f.labels if c not in post.ignore])
+                            for f in run.frames], args.frames)
+    if args.tune:
+        ref = read_annotations(args.tune)
+        tuned, report = tune(run, ref, base=post, show_progress=not args.quiet)
+        write_text_atomic(args.out, json.dumps({"postprocess": tuned.model_dump(mode="json"),
+                                                "tuning": report}, indent=1))
+        table = Table(title=f"bitsound detect --tune on {report['n_files']} files ({args.tune})")
+        for column in ("class", "median s", "threshold", "low", "event F1"):
+            table.add_column(column)
+        for label, row in report["per_class"].items():
+            table.add_row(label, f"{row['median']:.2f}", f"{row['threshold']:.2f}",
+                          f"{row['low_threshold']:.2f}", _percent(row["f1"]))
+        out_console.print(table)
+        out_console.print(f"event-based F1 on these files: {_percent(report['event_f1_before'])} with "
+                          f"the model's settings, {_percent(report['event_f1_after'])} tuned; "
+                          f"written to {args.out} (use it with --postprocess)")
+        return 0
+    found = detections(run, post)
+    json_path = Path(args.json) if args.json else Path(args.out).with_suffix(".json")
+    write_events(found, tsv=Path(args.out), json_path=json_path, run=run, cfg=post)
+    n_events = sum(len(v) for v in found.values())
+    out_console.print(f"{n_events} events in {len(found)} files -> {args.out} (confidences: "
+                      f"{json_path}{', frame scores: ' + args.frames if args.frames else ''}); "
+                      f"{run.audio_seconds:.1f} s of audio in {run.wall_seconds:.1f} s through "
+                      f"{run.backend}: real-time factor {run.real_time_factor:.4f}")
+    return 0
+
+
+def cmd_evaluate_events(args) -> int:
+    from bitsound.data.events import read_annotations
+    from bitsound.detect.metrics import evaluate_events, read_frame_scores
+
+    ref = read_annotations(args.ref)
+    est = read_annotations(args.est)
+    scores = durations = None
+    if args.frames:
+        scores, durations = read_frame_scores(args.frames)
+    labels = None
+    if scores:
+        first = next(iter(scores.values()))
+        labels = [c for c in first.columns if c not in ("onset", "offset")]
+    report = evaluate_events(ref, est, labels=labels, durations=durations, scores=scores,
+                             collar=args.collar, offset_fraction=args.offset_fraction,
+                             resolution=args.resolution)
     if args.json:
         print(json.dumps(report))
+        return 0
+    ev, seg = report["event_based"], report["segment_based"]
+    table = Table(title=f"bitsound evaluate-events: {args.est} vs {args.ref} ({ev['n_files']} files)")
+    for column in ("class", "event F1", "event ER", "segment F1", "segment ER", "ref events",
+                   "PSDS1", "PSDS2"):
+        table.add_column(column)
+
+    def rate(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    for label in ev["per_class"]:
+        e, g = ev["per_class"][label], seg["per_class"][label]
+        table.add_row(label, _percent(e["f1"]), rate(e["error_rate"]), _percent(g["f1"]),
+                      rate(g["error_rate"]), str(e["n_ref"]),
+                      rate(report["psds1"]["per_class"].get(label)) if "psds1" in report else "-",
+                      rate(report["psds2"]["per_class"].get(label)) if "psds2" in report else "-")
+    table.add_row("overall (micro)", _percent(ev["f1"]), rate(ev["error_rate"]), _percent(seg["f1"]),
+                  rate(seg["error_rate"]), "",
+                  rate(report["psds1"]["psds"]) if "psds1" in report else "-",
+                  rate(report["psds2"]["psds"]) if "psds2" in report else "-")
+    table.add_row("class average", _percent(ev["macro_f1"]), "", _percent(seg["macro_f1"]), "", "",
+                  "", "")
+    out_console.print(table)
+    out_console.print(f"event-based: onset collar {args.collar} s, offset max({args.collar} s, "
+                      f"{100 * args.offset_fraction:.0f} % of length); segment-based: "
+                      f"{args.resolution} s segments")
+    return 0
+
+
+def cmd_mix(args) -> int:
+    from bitsound.data.mixtures import MixConfig, make_mixtures
+
+    values = {"events_dir": args.events, "backgrounds_dir": args.backgrounds, "seed": args.seed,
+              "background_label": args.background_label}
+    if args.scenes:
+        values["scenes"] = [s.strip() for s in args.scenes.split(",") if s.strip()]
+    counts = {part: n for part, n in (("train", args.n_train), ("val", args.n_val),
+                                       ("test", args.n_test)) if n is not None}
+    if counts:
+        values["n_mixtures"] = {**MixConfig.model_fields["n_mixtures"].default, **counts}
+    if args.sample_rate:
+        values["sample_rate"] = args.sample_rate
+    try:
+        cfg = MixConfig(**values)
+    except ValueError as err:
+        raise_config(err)
+    summary = make_mixtures(cfg, args.out, show_progress=not args.quiet)
+    table = Table(title=f"bitsound mix -> {args.out} (seed {cfg.seed}, {summary['sample_rate']} Hz)")
+    for column in ("part", "mixtures", "events", "event files", "background recordings"):
+        table.add_column(column)
+    for part, row in summary["parts"].items():
+        table.add_row(part, str(row["mixtures"]), str(row["events"]), str(row["event_files"]),
+                      str(row["recordings"]))
+    out_console.print(table)
+    out_console.print(f"data sets: sed:{Path(args.out) / 'dev'} (folds train, val) and "
+                      f"sed:{Path(args.out) / 'test'}; sources: {Path(args.out) / 'split.json'}")
+    return 0
+
+
+def raise_config(err: Exception):
+    from pydantic import ValidationError
+
+    from bitsound.config import format_validation_error
+    from bitsound.errors import ConfigError
+
+    if isinstance(err, ValidationError):
+        raise ConfigError(format_validation_error(err, source="(bitsound mix options)")
+                          .replace("invalid recipe ", "invalid ")) from None
+    raise ConfigError(str(err)) from None
+
+
+def cmd_complexity(args) -> int:
+    from bitsound.complexity import check_budget, complexity_report, render_report
+    from bitsound.modelfile import build_net, feature_shape, load_model
+    from bitsound.report.results import ComplexityResult
+
+    if (args.model is None) == (args.recipe is None):
+        raise ConfigError("complexity takes either --model DIR/model.pt (a trained model) or --recipe NAME "
+                          "(the recipe's model, built untrained)")
+    if args.model is not None:
+        model = load_model(args.model)
+        report = complexity_report(model.net, feature_shape(model.recipe))
+        described = str(args.model)
+    else:
+        from bitsound.recipes import load_recipe
+
+        recipe = load_recipe(args.recipe, overrides=args.set)
+        n_classes = args.classes if args.classes is not None else _recipe_classes(recipe)
+        report = complexity_report(build_net(recipe, n_classes), feature_shape(recipe))
+        described = f"recipe {recipe.name} (untrained, {n_classes} classes)"
+    violations = check_budget(report, max_kb=args.max_kb, max_macs=args.max_macs,
+                              max_params=args.max_params, rule=args.rule)
+    result = ComplexityResult.model_validate({**report, "model": described,
+                                              "budget_violations": violations})
+    if args.json:
+        print(json.dumps(result.to_json()))
     else:
         render_report(report, out_console)
     for reason in violations:
@@ -178,11 +373,49 @@ def cmd_complexity(args) -> int:
     return 1 if violations else 0
 
 
-def cmd_export(args) -> int:
-    from bitsound.export import export_packed
+def _recipe_classes(recipe) -> int:
+    """Number of classes of a recipe's data (opened, not decoded)."""
+    from bitsound.experiment import open_recipe_data
 
-    export_packed(args.model, args.out)
-    out_console.print(f"exported {args.model} -> {args.out}")
+    try:
+        return len(open_recipe_data(recipe).labels)
+    except BitsoundError as err:
+        raise ConfigError(f"cannot count the classes of recipe '{recipe.name}' ({err}); "
+                          f"pass --classes N") from None
+
+
+def cmd_export(args) -> int:
+    if args.format == "bsnn":
+        from bitsound.export import export_packed
+
+        if args.with_frontend or args.opset is not None or args.precision != "float":
+            err_console.print("[bold red]error:[/] --with-frontend, --opset and --precision apply to "
+                              "--format onnx only; the .bsnn file holds the network and the Python "
+                              "front end runs before it", highlight=False, soft_wrap=True)
+            return 2
+        export_packed(args.model, args.out)
+        out_console.print(f"exported {args.model} -> {args.out}")
+        return 0
+    from bitsound.export.onnx import DEFAULT_OPSET, export_onnx
+
+    result = export_onnx(args.model, args.out, with_frontend=args.with_frontend,
+                         opset=args.opset or DEFAULT_OPSET, precision=args.precision)
+    shape = "x".join(map(str, result.input_shape))
+    out_console.print(f"exported {args.model} -> {result.path} (ONNX opset {result.opset}, "
+                      f"{result.precision}, input '{result.input_name}' {shape}, output 'logits')")
+    out_console.print(f"onnxruntime vs PyTorch: {result.check.describe()}")
+    if result.check.binary:
+        out_console.print("binary layers run as float Conv on ±1 values here; their size and speed "
+                          "need the bit-packed engine (bitsound export --format bsnn)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bitsound.report.html import write_report
+
+    runs = write_report([Path(p) for p in args.runs], Path(args.out), title=args.title,
+                        measure_engine=not args.no_engine)
+    out_console.print(f"report of {len(runs)} runs -> {args.out}")
     return 0
 
 
@@ -213,6 +446,14 @@ def cmd_list(args) -> int:
         from bitsound.models import MODELS
 
         rows = MODELS.describe()
+    elif args.what == "quantizers":
+        from bitsound.nn import QUANTIZERS
+
+        rows = QUANTIZERS.describe()
+    elif args.what == "ops":
+        from bitsound.graph.opcodes import OPS
+
+        rows = [(op.name, op.doc) for op in OPS]
     elif args.what == "datasets":
         from bitsound.data import list_datasets
 
@@ -233,7 +474,8 @@ def cmd_list(args) -> int:
 def cmd_data_check(args) -> int:
     from bitsound.data import check_dataset, open_dataset
 
-    report = check_dataset(open_dataset(args.spec), show_progress=not (args.quiet or args.json))
+    report = check_dataset(open_dataset(args.spec), decode=args.decode,
+                           show_progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
@@ -248,6 +490,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
 
 
+def _add_skip_bad(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out clips whose files cannot be read (found by the check "
+                        "before the run) instead of stopping; they are listed in the log and "
+                        "the JSON report")
+
+
 def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, metavar="NAME|FILE.yaml",
                         help="a shipped recipe (bitsound list recipes) or a YAML file")
@@ -255,6 +504,9 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/RECIPE)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.epochs=5 (repeatable)")
+    _add_skip_bad(parser)
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard scalars to OUT/tensorboard (train.tensorboard: true)")
     _add_common(parser)
 
 
@@ -279,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/STUDY)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every row, e.g. --set train.epochs=2")
+    _add_skip_bad(p)
     _add_common(p)
     p.set_defaults(func=cmd_study)
 
@@ -286,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR/model.pt")
     p.add_argument("--data", required=True, metavar="SPEC")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_skip_bad(p)
+    p.add_argument("--out", metavar="FILE.json",
+                   help="also write the result (scores and every clip's prediction) to this file")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -300,8 +556,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("detect", help="sound events in (long) recordings: DCASE TSV, JSON, frame scores")
+    p.add_argument("--model", metavar="DIR/model.pt", help="run the PyTorch model")
+    p.add_argument("--engine", metavar="FILE.bsnn", help="run the exported model in the C engine")
+    p.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"])
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="EVENTS.tsv",
+                   help="DCASE TSV of the events (with --tune: the tuned settings, JSON)")
+    p.add_argument("--json", metavar="FILE.json", help="events with confidences and the throughput "
+                   "(default: --out with .json)")
+    p.add_argument("--frames", metavar="DIR", help="write per-frame class probabilities "
+                   "(DIR/scores/*.tsv, sed_scores_eval format, and DIR/durations.tsv)")
+    p.add_argument("--hop", type=float, metavar="S", help="seconds between windows (default: the "
+                   "recipe's detect.hop)")
+    p.add_argument("--block", type=float, metavar="S", help="seconds decoded at a time")
+    p.add_argument("--batch", type=int, metavar="N", help="windows per model call")
+    p.add_argument("--postprocess", metavar="FILE", help="post-processing settings (JSON/YAML, e.g. "
+                   "from --tune) instead of the recipe's detect.postprocess")
+    p.add_argument("--tune", metavar="REF.tsv", help="pick per-class median filter lengths and "
+                   "thresholds that maximise event-based F1 against REF.tsv on FILE... (validation "
+                   "recordings) and write them to --out")
+    p.add_argument("--device", default="cpu", help="torch device of a PyTorch model (cpu, cuda)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("evaluate-events", help="event- and segment-based F1/ER (sed_eval), PSDS "
+                       "(sed_scores_eval)")
+    p.add_argument("--ref", required=True, metavar="REF.tsv", help="reference annotations (DCASE TSV, "
+                   "Audacity, Raven, .ann)")
+    p.add_argument("--est", required=True, metavar="EST.tsv", help="detected events (bitsound detect)")
+    p.add_argument("--frames", metavar="DIR", help="frame scores from detect --frames: adds PSDS1/2")
+    p.add_argument("--collar", type=float, default=0.2, help="onset collar in seconds (default 0.2)")
+    p.add_argument("--offset-fraction", type=float, default=0.2,
+                   help="offset collar as a fraction of the event length (default 0.2)")
+    p.add_argument("--resolution", type=float, default=1.0, help="segment length, s (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate_events, quiet=False)
+
+    p = sub.add_parser("mix", help="synthesize event mixtures (isolated events in real backgrounds) "
+                       "with exact annotations, split by event file and background recording")
+    p.add_argument("--events", required=True, metavar="DIR", help="one folder per class of isolated "
+                   "events, e.g. ../shared/data/dcase2016-task2-events")
+    p.add_argument("--backgrounds", required=True, metavar="DIR", help="TUT scenes layout (audio/ + "
+                   "meta.txt), e.g. ../shared/data/tut2017-scenes")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--scenes", metavar="A,B,...", help="background scenes to use (default all)")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-val", type=int)
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--sample-rate", type=int, help="Hz (default: the backgrounds' rate)")
+    p.add_argument("--background-label", default="background",
+                   help="label of the time no event covers (default background)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_mix)
+
     p = sub.add_parser("complexity", help="parameters, bytes, MACs and binary ops of a model")
-    p.add_argument("--model", required=True, metavar="DIR/model.pt")
+    p.add_argument("--model", metavar="DIR/model.pt", help="a trained model")
+    p.add_argument("--recipe", metavar="NAME|FILE.yaml", help="a recipe's model, built untrained")
+    p.add_argument("--classes", type=int, metavar="N", help="with --recipe: classes (default: its data's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --recipe: override")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--max-kb", type=float, metavar="KB", help="budget: model size in KB (1024 B)")
     p.add_argument("--max-macs", type=float, metavar="N", help="budget: float MACs, e.g. 30e6")
@@ -310,10 +624,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which size rule --max-kb applies to (default storage)")
     p.set_defaults(func=cmd_complexity, quiet=False)
 
-    p = sub.add_parser("export", help="export a trained binary model for the C engine")
+    p = sub.add_parser("export", help="export a trained model: .bsnn for the C engine, or ONNX")
     p.add_argument("--model", required=True, metavar="DIR/model.pt")
-    p.add_argument("--out", required=True, metavar="FILE.bsnn")
+    p.add_argument("--out", required=True, metavar="FILE.bsnn|FILE.onnx")
+    p.add_argument("--format", default="bsnn", choices=["bsnn", "onnx"],
+                   help="bsnn: packed model for the bit-packed engine (default); onnx: any ONNX runtime")
+    p.add_argument("--with-frontend", action="store_true",
+                   help="onnx: include the front end (input: waveform windows instead of features)")
+    p.add_argument("--opset", type=int, metavar="N", help="onnx: opset (default 18; >= 17 with the "
+                   "front end)")
+    p.add_argument("--precision", default="float", choices=["float", "fp16", "int8"],
+                   help="onnx: weight precision (fp16 and int8 come with the compression work)")
     p.set_defaults(func=cmd_export, quiet=False)
+
+    p = sub.add_parser("report", help="one self-contained HTML page over train, cv and study runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by train, cv or study")
+    p.add_argument("--out", required=True, metavar="report.html")
+    p.add_argument("--title", default="bitsound report")
+    p.add_argument("--no-engine", action="store_true",
+                   help="do not time the .bsnn files found beside the runs")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="speed benchmarks of the engine")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -327,14 +658,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_layer, quiet=False)
 
-    p = sub.add_parser("list", help="list registered models, data set kinds or recipes")
-    p.add_argument("what", choices=["models", "datasets", "recipes"])
+    p = sub.add_parser("list", help="list models, quantizers, graph ops, data set kinds or recipes")
+    p.add_argument("what", choices=["models", "quantizers", "ops", "datasets", "recipes"])
     p.set_defaults(func=cmd_list, quiet=False)
 
     p = sub.add_parser("data", help="inspect data sets")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     c = data_sub.add_parser("check", help="counts per class/fold/group and every unreadable file")
     c.add_argument("spec", metavar="SPEC")
+    c.add_argument("--decode", action="store_true",
+                   help="decode every file fully (slower): also finds NaN/inf samples and "
+                   "streams damaged inside; the default opens each file and checks its structure")
     c.add_argument("--json", action="store_true")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_data_check)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bitsound.errors import ConfigError
 
@@ -36,16 +36,47 @@ class SegmentConfig(Section):
     energy_gate_db: float | None = Field(default=None, le=0)
 
 
+class CropConfig(Section):
+    """Clips longer than the model input, cropped to it (EnvNet / ACDNet practice).
+
+    Each clip is stored ``source_seconds`` long (centre-cropped or zero-padded), optionally
+    reduced to the span between its first and last non-silent sample (``trim_zeros``: the
+    digital silence ESC-50's short sounds are padded with, samples that are 0 at 16 bits; the
+    authors' data preparation) and padded with ``pad`` x input length zeros at both
+    ends. Training crops one window of ``audio.clip_seconds`` per example and batch
+    (``augment.random_crop``: at random, else the centre); validation, ``bitsound evaluate`` and
+    ``predict`` score ``test_crops`` windows evenly spaced over the padded span and average
+    their class probabilities (1: the centre window).
+    """
+
+    source_seconds: float = Field(gt=0, description="length stored per clip, in seconds")
+    pad: float = Field(default=0.5, ge=0, le=4)  # ACDNet / EnvNet: half the input at each end
+    trim_zeros: bool = False
+    test_crops: int = Field(default=10, ge=1)
+
+
 class AudioConfig(Section):
     """How a file becomes model input audio: rate, channels, length or segments."""
 
     sample_rate: int = Field(default=16000, gt=0)
-    # "mono" mixes channels down, "stereo" keeps two (mono files are duplicated),
-    # an integer picks one channel by index.
+    # "mono" mixes channels down, "stereo" keeps two (mono files are duplicated, with one log
+    # line per data set), an integer picks one channel by index.
     channels: Literal["mono", "stereo"] | Annotated[int, Field(ge=0)] = "mono"
-    # Without segmentation each clip is cropped (centred) or zero-padded to this length.
+    # The model input: without segmentation or crop each clip is cropped (centred) or
+    # zero-padded to this length; with ``crop`` it is the length of each crop.
     clip_seconds: float = Field(default=1.0, gt=0)
     segment: SegmentConfig | None = None
+    crop: CropConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_crop(self) -> AudioConfig:
+        if self.crop is not None and self.segment is not None:
+            raise ValueError("audio.crop and audio.segment exclude each other: crop picks windows "
+                             "of one stored clip, segment cuts a recording into fixed windows")
+        if self.crop is not None and self.crop.source_seconds < self.clip_seconds:
+            raise ValueError(f"audio.crop.source_seconds={self.crop.source_seconds} is shorter "
+                             f"than the model input audio.clip_seconds={self.clip_seconds}")
+        return self
 
     @property
     def n_channels(self) -> int:
@@ -101,13 +132,18 @@ class SplitConfig(Section):
 
     kinds: ``none`` trains on everything (no held-out score); ``stratified`` random per class;
     ``group`` keeps every group (speaker, recording, location) on one side; ``folds`` holds out
-    ``val_folds``; ``leave_one_group_out`` holds out ``holdout_group``.
+    ``val_folds``; ``leave_one_group_out`` holds out ``holdout_group`` (a city for the TAU
+    kinds, whose group is the city: leave-one-city-out); ``unseen_devices`` is a ``group`` split
+    whose training side also drops every clip of ``val_devices``, so those devices are heard in
+    validation only (the DCASE 2020 Task 1a question).
     """
 
-    kind: Literal["none", "stratified", "group", "folds", "leave_one_group_out"] = "group"
+    kind: Literal["none", "stratified", "group", "folds", "leave_one_group_out",
+                  "unseen_devices"] = "group"
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     val_folds: list[str] | None = None
     holdout_group: str | None = None
+    val_devices: list[str] | None = None
     seed: int = 0
 
 
@@ -120,6 +156,18 @@ class SourceConfig(Section):
     exclude_labels: list[str] = []  # original labels to drop first
 
 
+class WindowLabelConfig(Section):
+    """How windows of strongly labelled clips (clips with events) get their training label.
+
+    A window takes the event overlapping its centred ``region`` (seconds; ``None``: the whole
+    window) by at least ``min_overlap`` of the region or of the event, whichever is shorter;
+    else the clip label (see :func:`bitsound.data.events.window_labels`).
+    """
+
+    region: float | None = Field(default=None, gt=0)
+    min_overlap: float = Field(default=0.5, gt=0, le=1)
+
+
 class DataConfig(Section):
     # One data set ``KIND:PATH``, or several combined under ``sources`` (then spec is unset).
     spec: str | None = "synthetic"
@@ -130,6 +178,11 @@ class DataConfig(Section):
     cv: Literal["folds", "leave_one_group_out"] = "leave_one_group_out"
     # Drop these labels from the dataset before anything else (e.g. "Rooster" for bird absence).
     exclude_labels: list[str] = []
+    # Keep only these classes: a list of names, or N for the first N of the data set's published
+    # class order (esc50: seed 001's subsets, classes: 20 is S20). Applied after exclude_labels.
+    classes: Annotated[int, Field(gt=0)] | list[str] | None = None
+    # Labels of windows of clips that carry events (strong labels).
+    window_labels: WindowLabelConfig = WindowLabelConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,8 +193,75 @@ class ModelConfig(Section):
     params: dict[str, Any] = {}
 
 
+class TemporalMaskConfig(Section):
+    """Seed 004 section 2.1: keep one window of the waveform, zero the rest (same length).
+
+    The window's length is drawn from a normal distribution (``mean_seconds``, ``std_seconds``;
+    its absolute value, at most the clip) and its start from ``positions`` evenly spaced ones.
+    """
+
+    p: float = Field(default=0.5, ge=0, le=1)  # share of training examples it is applied to
+    mean_seconds: float = Field(default=4.0, gt=0)
+    std_seconds: float = Field(default=1.0, ge=0)
+    positions: int = Field(default=1000, ge=1)
+
+
+class FirFiltersConfig(Section):
+    """Seed 004 section 2.2: one of eight FIR filters (scipy.signal.firwin, Hamming window) per
+    example: low-pass and high-pass at 300, 1000 and 2000 Hz, band-pass 1200-3400 and
+    340-3400 Hz."""
+
+    p: float = Field(default=0.5, ge=0, le=1)
+    numtaps: int = Field(default=201, ge=3)  # odd: high-pass filters need a centre tap
+
+    @model_validator(mode="after")
+    def _check_taps(self) -> FirFiltersConfig:
+        if self.numtaps % 2 == 0:
+            raise ValueError(f"augment.fir_filters.numtaps={self.numtaps} must be odd "
+                             "(a high-pass FIR filter needs a centre tap)")
+        return self
+
+
+class NoiseConfig(Section):
+    """Seed 004 section 2.3: white Gaussian noise at an SNR drawn in whole dB from
+    ``snr_db`` (inclusive), relative to each example's own power."""
+
+    p: float = Field(default=0.5, ge=0, le=1)
+    snr_db: tuple[int, int] = (6, 32)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> NoiseConfig:
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"augment.noise.snr_db={list(self.snr_db)} must be [low, high]")
+        return self
+
+
+class CutMixConfig(Section):
+    """Waveform CutMix (Yun et al. 2019; seed 004 section 2.4): a segment of another example of
+    the batch replaces the same segment, lambda ~ Beta(alpha, alpha), the target weighted by the
+    kept length. Applied to a batch with probability ``p`` (the authors' code: 0.8)."""
+
+    alpha: float = Field(default=1.0, gt=0)
+    p: float = Field(default=0.8, ge=0, le=1)
+
+
+class BetweenClassConfig(Section):
+    """Between-class learning (Tokozume et al. 2018, ACDNet): every example is mixed with one of
+    another class, ratio r ~ U(0, 1), at the gain-aware ratio of the BC paper, and trained
+    towards r of its label and 1 - r of the other's (use ``train.loss: kl_divergence`` as
+    ACDNet does). ``gain``: the level each clip's ratio is corrected by, the loudest frame's
+    A-weighted power (the paper) or its RMS power."""
+
+    gain: Literal["a_weighting", "rms"] = "a_weighting"
+
+
 class AugmentConfig(Section):
-    """Augmentations applied to front-end features of training batches only."""
+    """Augmentations of training batches only, after the feature cache.
+
+    Each key works on the input kinds listed in :data:`bitsound.audio.augment.SUPPORTED`
+    (``waveform`` for ``frontend.kind: raw``, ``logmel``, ``binary_image``); a key set for a
+    front end it does not support is an error when the recipe loads.
+    """
 
     time_shift: float = Field(default=0.0, ge=0, le=1)  # max circular shift, fraction of frames
     freq_warp: float = Field(default=0.0, ge=0, lt=1)  # max relative stretch of the mel axis
@@ -150,8 +270,26 @@ class AugmentConfig(Section):
     time_mask_width: float = Field(default=0.1, ge=0, le=1)
     freq_masks: int = Field(default=0, ge=0)
     freq_mask_width: float = Field(default=0.1, ge=0, le=1)
-    gain_db: float = Field(default=0.0, ge=0)  # random level change, +-gain_db (log features)
+    # random level change, +-gain_db: an offset of log features, a factor of waveforms
+    gain_db: float = Field(default=0.0, ge=0)
     mixup_alpha: float = Field(default=0.0, ge=0)  # Zhang et al. 2018; 0 disables
+    # waveforms only
+    random_crop: bool = False  # with audio.crop: a random window per example (else the centre)
+    temporal_mask: TemporalMaskConfig | None = None
+    fir_filters: FirFiltersConfig | None = None
+    noise: NoiseConfig | None = None
+    cutmix: CutMixConfig | None = None
+    between_class: BetweenClassConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_mixer(self) -> AugmentConfig:
+        mixers = [name for name, on in (("mixup_alpha", self.mixup_alpha > 0),
+                                        ("cutmix", self.cutmix is not None),
+                                        ("between_class", self.between_class is not None)) if on]
+        if len(mixers) > 1:
+            raise ValueError(f"augment: {' and '.join(mixers)} both mix pairs of examples; "
+                             "choose one")
+        return self
 
 
 class OptimizerConfig(Section):
@@ -171,6 +309,9 @@ class ScheduleConfig(Section):
     by ``gamma`` when the monitored validation metric stalls for ``patience`` epochs.
     ``inverse_time``: Keras's classic ``decay``, lr / (1 + decay * iterations), as used by the
     seed-000 thesis; iterations are counted at epoch ends (one value per epoch).
+
+    ``plateau`` counts like torch's ReduceLROnPlateau: the rate changes at the end of the
+    ``patience + 1``-th epoch in a row without improvement of ``monitor``.
     """
 
     name: Literal["constant", "step", "cosine", "sgdr", "plateau", "inverse_time"] = "cosine"
@@ -180,6 +321,10 @@ class ScheduleConfig(Section):
     gamma: float = Field(default=0.1, gt=0, le=1)
     restarts: list[int] = []
     patience: int = Field(default=3, ge=1)
+    # plateau only: the validation metric watched (default: train.early_stopping's) and whether
+    # larger is better; seed 004 halves the rate on val_log_loss (mode min)
+    monitor: str | None = None
+    monitor_mode: Literal["max", "min"] | None = None
     decay: float = Field(default=0.0, ge=0)  # inverse_time only, per iteration
 
 
@@ -211,10 +356,15 @@ class TrainConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # kl_divergence: KL(target || softmax), ACDNet's loss for between-class targets; it differs
+    # from cross-entropy by the targets' entropy only (same gradients)
+    loss: Literal["cross_entropy", "kl_divergence"] = "cross_entropy"
     balanced_sampling: bool = False  # class-balanced batches (seed 002)
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     num_threads: int | None = Field(default=None, gt=0)
+    # TensorBoard scalars in OUT/tensorboard (needs the optional extra bitsound[tensorboard])
+    tensorboard: bool = False
 
 
 class EvaluationConfig(Section):
@@ -222,6 +372,59 @@ class EvaluationConfig(Section):
     (each segment is one example, as in segment-level detection such as seed 000)."""
 
     level: Literal["clip", "window"] = "clip"
+
+
+class ClassPostprocess(Section):
+    """Per-class overrides of :class:`PostprocessConfig` (unset keys take the defaults)."""
+
+    median: float | None = Field(default=None, ge=0)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    low_threshold: float | None = Field(default=None, gt=0, lt=1)
+    min_duration: float | None = Field(default=None, ge=0)
+    max_gap: float | None = Field(default=None, ge=0)
+
+
+class PostprocessConfig(Section):
+    """From window probabilities to events (``bitsound detect``; :mod:`bitsound.detect.postprocess`).
+
+    Per class: a median filter of ``median`` seconds over the probability track, then hysteresis
+    (an event starts where the probability rises above ``threshold`` and lasts while it stays
+    above ``low_threshold``, default ``threshold``), then events closer than ``max_gap``
+    seconds are merged and those shorter than ``min_duration`` dropped. ``per_class`` overrides
+    any of these for one class, e.g. ``{speech: {threshold: 0.3}}``. Classes in ``ignore`` (a
+    background class, a "no bird" class) are never reported as events.
+    """
+
+    median: float = Field(default=0.0, ge=0)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    low_threshold: float | None = Field(default=None, gt=0, lt=1)
+    min_duration: float = Field(default=0.0, ge=0)
+    max_gap: float = Field(default=0.0, ge=0)
+    ignore: list[str] = []
+    per_class: dict[str, ClassPostprocess] = {}
+
+    @model_validator(mode="after")
+    def _check_low(self) -> PostprocessConfig:
+        for name, cfg in [("", self), *((f"per_class.{k}.", v) for k, v in self.per_class.items())]:
+            high = cfg.threshold if cfg.threshold is not None else self.threshold
+            if cfg.low_threshold is not None and high is not None and cfg.low_threshold > high:
+                raise ValueError(f"{name}low_threshold {cfg.low_threshold} is above the threshold "
+                                 f"{high}; hysteresis needs low <= high")
+        return self
+
+
+class DetectConfig(Section):
+    """How ``bitsound detect`` runs the model over long recordings.
+
+    ``hop``: seconds between window starts (the window length is the recipe's segment or clip
+    length); ``block``: seconds of audio decoded at a time (memory does not grow with the file);
+    ``batch``: windows per model call.
+    """
+
+    hop: float = Field(default=0.1, gt=0)
+    block: float = Field(default=30.0, gt=0)
+    batch: int = Field(default=256, gt=0)
+    postprocess: PostprocessConfig = PostprocessConfig()
 
 
 class Recipe(Section):
@@ -236,6 +439,20 @@ class Recipe(Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    # Seed systems (bitsound.published) whose published points the report draws beside this run.
+    references: list[str] = []
+
+    @field_validator("references")
+    @classmethod
+    def _check_references(cls, names: list[str]) -> list[str]:
+        from bitsound.published import PUBLISHED
+
+        unknown = [n for n in names if n not in PUBLISHED]
+        if unknown:
+            raise ValueError(f"unknown published systems {unknown}; valid: {', '.join(PUBLISHED)}")
+        return names
+    # Event detection over long recordings (bitsound detect); the defaults when absent.
+    detect: DetectConfig = DetectConfig()
 
     @model_validator(mode="after")
     def _check_data(self) -> Recipe:
@@ -256,7 +473,32 @@ class Recipe(Section):
         split = self.data.split
         if split.kind == "folds" and not split.val_folds:
             raise ValueError("data.split.kind 'folds' needs data.split.val_folds, e.g. ['4']")
+        if split.kind == "unseen_devices" and not split.val_devices:
+            raise ValueError("data.split.kind 'unseen_devices' needs data.split.val_devices, "
+                             "e.g. [S4, S5, S6]")
         return self
+
+    @model_validator(mode="after")
+    def _check_augment(self) -> Recipe:
+        # Raises ConfigError itself (not ValueError), naming the key and the front end.
+        from bitsound.audio.augment import check_supported
+
+        check_supported(self.augment, input_kind=input_kind(self.frontend))
+        if self.audio.crop is not None and self.frontend.kind != "raw":
+            raise ValueError(f"audio.crop crops waveforms for frontend.kind 'raw'; with "
+                             f"'{self.frontend.kind}' set audio.clip_seconds or audio.segment")
+        if self.audio.crop is not None and self.evaluation.level == "window":
+            raise ValueError("audio.crop scores a clip by the mean of its test crops: use "
+                             "evaluation.level 'clip'")
+        if self.augment.random_crop and self.audio.crop is None:
+            raise ValueError("augment.random_crop needs audio.crop (the stored clip length "
+                             "source_seconds from which windows of audio.clip_seconds are cut)")
+        return self
+
+
+def input_kind(frontend: LogMelConfig | BinaryImageConfig | RawConfig) -> str:
+    """What a front end gives a model: ``waveform``, ``logmel`` or ``binary_image``."""
+    return {"raw": "waveform"}.get(frontend.kind, frontend.kind)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,11 +15,18 @@ from rich.progress import Progress
 from torch import nn
 
 from bitsound.audio.features import build_frontend
-from bitsound.audio.io import to_model_windows
+from bitsound.audio.io import (
+    crop_geometry,
+    crop_windows,
+    duplicated_mono_count,
+    fix_length,
+    to_model_windows,
+)
 from bitsound.config import AudioConfig, Recipe
 from bitsound.data import Dataset, FeatureCache, make_key
-from bitsound.errors import DataError
-from bitsound.metrics import classification_report
+from bitsound.data.events import window_labels
+from bitsound.errors import AudioDecodeError, ConfigError, DataError
+from bitsound.metrics import classification_report, per_device_accuracy
 
 log = logging.getLogger("bitsound.pipeline")
 
@@ -58,15 +65,26 @@ def window_audio(x: np.ndarray, sample_rate: int, audio: AudioConfig) -> np.ndar
     return to_model_windows(x, sample_rate, audio).windows
 
 
+#: What :func:`build_features` stores per clip: the model's windows, or (with ``audio.crop``)
+#: the whole stored clip that training crops batch by batch.
+VIEWS = ("windows", "source")
+
+
 @torch.no_grad()
 def clip_features(dataset: Dataset, clip, *, recipe: Recipe, frontend: nn.Module,
-                  stats: dict | None = None) -> np.ndarray:
+                  stats: dict | None = None, view: str = "windows") -> np.ndarray:
     """Features of every window of one clip [shape=(n_windows, *feature_shape)], float32.
 
-    ``stats``, when given, accumulates ``windows_dropped`` by the energy gate.
+    With ``view="source"`` (``audio.crop`` only) the one "window" is the clip as stored:
+    ``crop.source_seconds`` long, centre-cropped or zero-padded. ``stats``, when given,
+    accumulates ``windows_dropped`` by the energy gate.
     """
     audio = recipe.audio
     wave = dataset.load(clip, sample_rate=audio.sample_rate, channels=audio.channels)
+    if view == "source":
+        stored = crop_geometry(audio)[2]
+        windows = torch.from_numpy(np.ascontiguousarray(fix_length(wave, stored)[np.newaxis]))
+        return frontend(windows).numpy().astype(np.float32)
     segments = to_model_windows(wave, audio.sample_rate, audio)
     if stats is not None:
         stats["windows_dropped"] = stats.get("windows_dropped", 0) + segments.n_dropped
@@ -76,32 +94,48 @@ def clip_features(dataset: Dataset, clip, *, recipe: Recipe, frontend: nn.Module
 
 def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: dict[str, int],
                    cache: FeatureCache | None, show_progress: bool = True,
-                   description: str = "features") -> FeatureSet:
+                   description: str = "features", view: str = "windows") -> FeatureSet:
     """Features of the clips ``dataset.clips[i] for i in indices``, through the cache.
 
     Each clip's features are cached under its file identity and the feature config, so a
-    second run (or another split of the same data) decodes nothing.
+    second run (or another split of the same data) decodes nothing. ``view="source"`` stores
+    each clip whole for per-batch cropping (``audio.crop``; see :func:`clip_features`).
     """
+    if view not in VIEWS:
+        raise ConfigError(f"view must be one of {VIEWS}, got {view!r}")
+    if view == "source" and recipe.audio.crop is None:
+        raise ConfigError("view='source' stores whole clips for audio.crop, which is not set")
     frontend = build_frontend(recipe.frontend, sample_rate=recipe.audio.sample_rate).eval()
     config = feature_config(recipe)
-    xs, clip_of_window, clip_y = [], [], []
+    if view == "source":
+        config = {**config, "view": view}
+    xs, clip_of_window, clip_y, window_y = [], [], [], []
     stats: dict = {}
     indices = list(indices)
+    duplicated_before = duplicated_mono_count()
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task(description, total=len(indices))
         for position, i in enumerate(indices):
             clip = dataset.clips[i]
-            if clip.label not in label_index:
-                raise DataError(f"clip '{clip.path}' has label {clip.label!r}, which the model "
+            unknown = sorted(clip.all_labels - set(label_index))
+            if unknown:
+                raise DataError(f"clip '{clip.path}' has labels {unknown}, which the model "
                                 f"does not know; known labels: {sorted(label_index)}")
 
             def compute(clip=clip):
-                return clip_features(dataset, clip, recipe=recipe, frontend=frontend, stats=stats)
+                return clip_features(dataset, clip, recipe=recipe, frontend=frontend, stats=stats,
+                                     view=view)
 
-            if cache is None:
-                feats = compute()
-            else:
-                feats = cache.get_or_compute(make_key(dataset.identity(clip), config), compute)
+            try:
+                if cache is None:
+                    feats = compute()
+                else:
+                    feats = cache.get_or_compute(make_key(dataset.identity(clip), config), compute)
+            except AudioDecodeError as err:  # checked before, so the file changed since
+                raise AudioDecodeError(err.path, f"{err.problem} (clip {position + 1} of "
+                                       f"{len(indices)} of {description}); fix or remove the "
+                                       "file, or rerun with --skip-bad to leave unreadable "
+                                       "clips out") from err
             if xs and feats.shape[1:] != xs[0].shape[1:]:
                 raise DataError(f"clip '{clip.path}' gives features of shape {feats.shape[1:]} "
                                 f"but earlier clips gave {xs[0].shape[1:]}; if the feature cache "
@@ -110,18 +144,47 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
             xs.append(np.asarray(feats))
             clip_of_window.append(np.full(len(feats), position))
             clip_y.append(label_index[clip.label])
+            window_y.append([label_index[name] for name in
+                             strong_window_labels(clip, len(feats), recipe=recipe)])
             progress.advance(task)
     if stats.get("windows_dropped"):
         log.info("%s: the energy gate dropped %d quiet windows of the clips decoded now "
                  "(cached clips were gated when first decoded)", description,
                  stats["windows_dropped"])
+    duplicated = duplicated_mono_count() - duplicated_before
+    if duplicated:
+        log.info("%s: %d mono clips are duplicated to both channels of the 2-channel input "
+                 "(audio.channels 'stereo'; clips decoded now, not cached ones)", description,
+                 duplicated)
     if not xs:
         raise DataError(f"no clips to compute {description} for; check the data spec and split")
     x = torch.from_numpy(np.concatenate(xs))
     clip_of_window = np.concatenate(clip_of_window)
     clip_y = np.asarray(clip_y, dtype=np.int64)
-    y = torch.from_numpy(clip_y[clip_of_window])
+    y = torch.from_numpy(np.concatenate(window_y).astype(np.int64))
     return FeatureSet(x=x, y=y, clip_of_window=clip_of_window, clip_y=clip_y)
+
+
+def strong_window_labels(clip, n_windows: int, *, recipe: Recipe) -> list[str]:
+    """Label names of a clip's ``n_windows`` windows: from its events, else its clip label.
+
+    Windows of a segmented clip start at ``clip.start + k * hop``; an energy gate would drop
+    some of them unseen, so strong labels need a recipe without one.
+    """
+    if clip.events is None:
+        return [clip.label] * n_windows
+    seg = recipe.audio.segment
+    if seg is None:
+        raise ConfigError(f"clip '{clip.path}' carries events, which label windows; give the "
+                          "recipe audio.segment (length, hop) to cut it into windows")
+    if seg.energy_gate_db is not None:
+        raise ConfigError(f"clip '{clip.path}' carries events, but audio.segment.energy_gate_db "
+                          f"({seg.energy_gate_db}) drops windows, so their times are unknown; set "
+                          "audio.segment.energy_gate_db: null")
+    starts = (clip.start or 0.0) + seg.hop * np.arange(n_windows)
+    wl = recipe.data.window_labels
+    return window_labels(clip.events, starts, length=seg.length, clip_label=clip.label,
+                         region=wl.region, min_overlap=wl.min_overlap)
 
 
 @torch.no_grad()
@@ -148,9 +211,75 @@ def clip_probabilities(net: nn.Module, features: FeatureSet, *, batch_size: int 
     return sums / counts[:, None]
 
 
-def score(net: nn.Module, features: FeatureSet, *, labels: list[str], level: str) -> dict:
-    """Classification report per clip (window probabilities averaged) or per window."""
+@torch.no_grad()
+def source_clip_probabilities(net: nn.Module, sources: FeatureSet, audio: AudioConfig, *,
+                              batch_clips: int = 32) -> np.ndarray:
+    """Clip probabilities [shape=(n_clips, n_classes)] of stored whole clips (``view="source"``)
+    with the test-time crops of ``audio.crop``, chunk by chunk (never all crops at once)."""
+    length, pad, _ = crop_geometry(audio)
+    crop = audio.crop
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    out = []
+    for start in range(0, len(sources.x), batch_clips):
+        chunk = sources.x[start:start + batch_clips].numpy()
+        windows = np.concatenate([
+            crop_windows(clip[0] if clip.ndim == 3 else clip, length=length, pad=pad,
+                         trim_zeros=crop.trim_zeros, n_crops=crop.test_crops)[0]
+            for clip in chunk])
+        probs = torch.softmax(net(torch.from_numpy(windows).to(device)), dim=-1).cpu()
+        out.append(probs.double().view(len(chunk), crop.test_crops, -1).mean(dim=1))
+    net.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def scored_probabilities(net: nn.Module, features: FeatureSet, *, level: str,
+                         sources_of: AudioConfig | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The examples a score counts, at clip or window level.
+
+    Returns
+    -------
+    y_true : ndarray [shape=(n,)] of int
+    probs : ndarray [shape=(n, n_classes)]
+        Per clip the mean of its windows' probabilities (or of its test-time crops, for stored
+        whole clips with ``sources_of``), or per window.
+    clip_position : ndarray [shape=(n,)] of int
+        Each example's clip, as a position in the clips the features were built from.
+    window : ndarray [shape=(n,)] of int or None
+        Each example's window index within its clip (window level), else None.
+    """
+    if sources_of is not None:
+        return (features.clip_y, source_clip_probabilities(net, features, sources_of),
+                np.arange(features.n_clips), None)
     if level == "window":
-        return classification_report(features.y.numpy(), window_probabilities(net, features),
-                                     labels=labels)
-    return classification_report(features.clip_y, clip_probabilities(net, features), labels=labels)
+        positions = features.clip_of_window
+        first = np.searchsorted(positions, positions)  # windows of a clip are contiguous
+        return (features.y.numpy(), window_probabilities(net, features), positions,
+                np.arange(len(positions)) - first)
+    return (features.clip_y, clip_probabilities(net, features), np.arange(features.n_clips), None)
+
+
+def score(net: nn.Module, features: FeatureSet, *, labels: list[str], level: str,
+          devices: list[str | None] | None = None, seen_devices: list[str] | None = None,
+          sources_of: AudioConfig | None = None) -> dict:
+    """Classification report per clip (window probabilities averaged) or per window.
+
+    Parameters
+    ----------
+    devices : list of str or None, optional
+        The recording device of each clip of ``features``; when any is set the report gains
+        ``per_device`` (see :func:`bitsound.metrics.per_device_accuracy`).
+    seen_devices : list of str, optional
+        Devices of the model's training data, to mark each device seen or unseen.
+    sources_of : AudioConfig, optional
+        ``features`` hold whole stored clips (``view="source"``): score them with the
+        test-time crops of this config.
+    """
+    y, probs, example_clip, _ = scored_probabilities(net, features, level=level, sources_of=sources_of)
+    report = classification_report(y, probs, labels=labels)
+    if devices is not None and any(d is not None for d in devices):
+        report["per_device"] = per_device_accuracy(
+            y, probs, [devices[i] for i in example_clip.tolist()], seen=seen_devices)
+    return report

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 
 from bitsound.config import Section, format_validation_error, read_yaml
 from bitsound.errors import ConfigError
+from bitsound.report.results import StudyResult, StudyRowResult
 
 log = logging.getLogger("bitsound.study")
 
@@ -61,8 +62,11 @@ COLUMNS = ["row", "train_accuracy", "val_accuracy", "val_balanced_accuracy", "pa
 
 
 def run_study(study: Study, *, out_dir: Path, cache, extra_overrides: list[str] | None = None,
-              data: str | None = None, show_progress: bool = True) -> list[dict]:
-    """Train every row and write ``study.csv`` / ``study.md`` into ``out_dir``."""
+              data: str | None = None, show_progress: bool = True,
+              skip_bad: bool = False) -> StudyResult:
+    """Train every row and write ``study.json``, ``study.csv`` and ``study.md`` into ``out_dir``.
+
+    ``skip_bad`` leaves unreadable clips out of every row (see :mod:`bitsound.preflight`)."""
     from bitsound.complexity import complexity_report
     from bitsound.experiment import holdout_split, open_recipe_data, train_on_split
     from bitsound.modelfile import feature_shape, load_model
@@ -81,27 +85,30 @@ def run_study(study: Study, *, out_dir: Path, cache, extra_overrides: list[str] 
         dataset = open_recipe_data(recipe)
         run_dir = out_dir / f"row{index + 1:02d}"
         outcome = train_on_split(recipe, dataset, holdout_split(recipe, dataset), out_dir=run_dir,
-                                 cache=cache, show_progress=show_progress)
+                                 cache=cache, show_progress=show_progress, skip_bad=skip_bad)
         model = load_model(run_dir / "model.pt")
         report = complexity_report(model.net, feature_shape(model.recipe))
-        held = outcome.metrics["held_out"] or {}
-        rows.append({"row": row.name, "train_accuracy": outcome.metrics["train_accuracy"],
-                     "val_accuracy": held.get("accuracy"),
-                     "val_balanced_accuracy": held.get("balanced_accuracy"),
-                     "params": report["params"], "storage_kb": report["kb"]["storage"],
-                     "macs": report["macs"], "bops": report["bops"],
-                     "best_epoch": outcome.metrics["best_epoch"],
-                     "train_seconds": outcome.metrics["train_seconds"]})
-        save_text(to_csv(rows), out_dir / "study.csv")  # after each row: a crash keeps the rest
-        save_text(to_markdown(study, rows), out_dir / "study.md")
-    return rows
+        trained, held = outcome.result, outcome.result.held_out
+        rows.append(StudyRowResult(
+            row=row.name, train_accuracy=trained.train_accuracy,
+            val_accuracy=held.accuracy if held else None,
+            val_balanced_accuracy=held.balanced_accuracy if held else None,
+            params=report["params"], storage_kb=report["kb"]["storage"], macs=report["macs"],
+            bops=report["bops"], best_epoch=trained.best_epoch, train_seconds=trained.train_seconds))
+        result = StudyResult(study=study.study, description=study.description, base=study.base,
+                             rows=rows)
+        # after each row: a crash keeps the rows done so far
+        result.save(out_dir / "study.json")
+        save_text(to_csv(result), out_dir / "study.csv")
+        save_text(to_markdown(result), out_dir / "study.md")
+    return result
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(result: StudyResult) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(row.model_dump(include=set(COLUMNS)) for row in result.rows)
     return buffer.getvalue()
 
 
@@ -117,8 +124,9 @@ def cell(key: str, value) -> str:
     return str(value)
 
 
-def to_markdown(study: Study, rows: list[dict]) -> str:
-    lines = [f"# Study: {study.study}", "", study.description.strip(), "",
+def to_markdown(result: StudyResult) -> str:
+    lines = [f"# Study: {result.study}", "", result.description.strip(), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(k, row[k]) for k in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(k, getattr(row, k)) for k in COLUMNS) + " |"
+              for row in result.rows]
     return "\n".join(lines) + "\n"

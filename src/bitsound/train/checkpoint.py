@@ -63,3 +63,8 @@ def load_torch(path: Path, *, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"{what} '{path}' is not a bitsound file (top level is "
                               f"{type(obj).__name__}, expected a dict)")
     return obj
+
+
+def save_bytes(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic_write(path, lambda handle: handle.write(data))

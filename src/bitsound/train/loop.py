@@ -8,6 +8,7 @@ means and how it is scored belongs to the task object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from bitsound.audio.augment import FeatureAugment
 from bitsound.config import TrainConfig
 from bitsound.errors import CheckpointError, ConfigError
 from bitsound.train.checkpoint import load_torch, save_text, save_torch
+from bitsound.train.scalars import SignFlips, TensorBoardLog
 from bitsound.train.schedules import EpochScheduler
 
 log = logging.getLogger("bitsound.train")
@@ -82,6 +84,22 @@ def epoch_order(y: torch.Tensor, *, balanced: bool, generator: torch.Generator) 
     counts = torch.bincount(y)
     weights = 1.0 / counts[y].double()
     return torch.multinomial(weights, len(y), replacement=True, generator=generator)
+
+
+def schedule_monitor(cfg: TrainConfig) -> tuple[str, str]:
+    """The metric a plateau schedule watches and whether larger is better.
+
+    ``train.schedule.monitor`` (default: the early-stopping metric); its mode is
+    ``schedule.monitor_mode``, else the early-stopping mode for the same metric, else ``min``
+    for a loss and ``max`` otherwise.
+    """
+    es, sched = cfg.early_stopping, cfg.schedule
+    metric = sched.monitor or es.metric
+    if sched.monitor_mode is not None:
+        return metric, sched.monitor_mode
+    if metric == es.metric:
+        return metric, es.mode
+    return metric, "min" if "loss" in metric else "max"
 
 
 class _Monitor:
@@ -143,6 +161,12 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
         Continue from ``checkpoints/last.pt`` if present (after a crash or interruption).
     fingerprint : str
         Identifies the experiment; resuming a checkpoint with another fingerprint is an error.
+
+    Each epoch's record in ``log.jsonl`` holds ``epoch``, ``lr``, ``train_loss``, the
+    validation metrics as ``val_*``, ``seconds`` and, for models with binary layers
+    (``weight_bits == 1``), ``sign_flip_fraction``: the fraction of their latent weights whose
+    sign changed during the epoch. With ``cfg.tensorboard`` the same scalars (and the flip
+    fraction per binary layer) go to ``out_dir/tensorboard``.
     select_best : bool
         Keep the epoch with the best validation metric (and stop early). False keeps the last
         epoch and never stops early: cross-validation uses it so that the held-out fold only
@@ -158,8 +182,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     optimizer = make_optimizer(model, cfg)
     es = cfg.early_stopping
     steps = math.ceil(len(train_y) / cfg.batch_size)
+    watched, watched_mode = schedule_monitor(cfg)
     scheduler = EpochScheduler(optimizer, cfg.schedule, epochs=cfg.epochs, steps_per_epoch=steps,
-                               mode=es.mode)
+                               mode=watched_mode)
     monitor = _Monitor(es.metric if validate and select_best else "", es.mode)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -187,16 +212,19 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
 
     n = len(train_y)
     stopped_early = False
+    flips = SignFlips(model)
+    board = TensorBoardLog(out_dir, first_epoch=start_epoch + 1) if cfg.tensorboard else None
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} batches"),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
                         transient=True, disable=not show_progress)
-    with progress:
+    with progress, (contextlib.closing(board) if board else contextlib.nullcontext()):
         bar = progress.add_task("train", total=steps, epoch=0, loss=float("nan"))
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             progress.reset(bar, total=steps, epoch=f"{epoch + 1}/{cfg.epochs}", loss=float("nan"))
             model.train()
+            flips.start()
             order = epoch_order(train_y, balanced=cfg.balanced_sampling, generator=generator)
             total_loss = 0.0
             for step in range(steps):
@@ -217,6 +245,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
 
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                       "train_loss": total_loss / n}
+            flipped = flips.fractions() if flips else None
+            if flipped is not None:
+                record["sign_flip_fraction"] = flipped["all"]
             if validate is not None:
                 model.eval()
                 with torch.no_grad():
@@ -224,8 +255,13 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
                                    if isinstance(v, (int, float))})
             record["seconds"] = round(time.perf_counter() - started, 3)
             improved = monitor.update(record, epoch)
-            scheduler.step(record.get(es.metric))
+            if cfg.schedule.name == "plateau" and validate is not None and watched not in record:
+                raise ConfigError(f"train.schedule.monitor {watched!r} is not measured; valid: "
+                                  + ", ".join(k for k in record if k.startswith("val_")))
+            scheduler.step(record.get(watched))
             history.append(record)
+            if board is not None:
+                board.write(record, flipped)
             log.info("epoch %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in record.items()))
             if improved:
