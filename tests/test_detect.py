@@ -20,8 +20,10 @@ def _reference_windows(x, *, win, step):
     """Every start k*step with a whole window, then one padded window if audio remains."""
     n = x.shape[1]
     starts = list(range(0, max(n - win, 0) + 1, step)) if n >= win else []
-    if not starts or starts[-1] + win < n:
-        starts.append(starts[-1] + step if starts else 0)
+    if not starts:
+        starts.append(0)
+    elif starts[-1] + win < n and starts[-1] + step < n:  # audio after the last whole window
+        starts.append(starts[-1] + step)
     out = np.zeros((len(starts), x.shape[0], win), dtype=np.float32)
     for i, s in enumerate(starts):
         piece = x[:, s:s + win]
@@ -45,6 +47,21 @@ def test_streamed_windows_equal_whole_file_windows(tmp_path, seconds, block):
     np.testing.assert_allclose(starts, want_starts / 16000)
     # soxr's streaming resampler carries its filter state across blocks: same samples
     np.testing.assert_allclose(windows, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("hop, block", [(1.5, 0.7), (1.5, 30.0), (2.6, 0.4), (1.0, 0.3)])
+def test_windows_with_a_hop_longer_than_the_window_skip_the_gaps(tmp_path, hop, block):
+    rate = 8000
+    ramp = (np.arange(round(rate * 6.3)) / 1e5).astype(np.float32)[None]  # every sample distinct
+    path = tmp_path / "ramp.wav"
+    sf.write(path, ramp.T, rate, subtype="FLOAT")
+    got = list(stream_windows(path, sample_rate=rate, channels="mono", length=1.0, hop=hop, block=block,
+                              batch=2))
+    windows = np.concatenate([b.windows for b in got])
+    starts = np.concatenate([b.starts for b in got])
+    want, want_starts = _reference_windows(ramp, win=rate, step=round(hop * rate))
+    np.testing.assert_allclose(starts, want_starts / rate)
+    np.testing.assert_array_equal(windows, want)
 
 
 def test_stream_errors_name_the_file(tmp_path):
@@ -175,3 +192,12 @@ def test_psds_perfect_scores_beat_flat_ones():
     bad = psds(score_frames(flat), ref, durations, scenario="psds1")
     assert bad["psds"] < 0.1 < good["psds"]
     assert psds(score_frames(frames), ref, durations, scenario="psds2")["psds"] > 0.9
+
+
+def test_a_class_threshold_below_the_sections_low_threshold_is_refused_when_the_recipe_loads():
+    with pytest.raises(ValueError, match=r"per_class\.door\.threshold 0\.2 is below the low_threshold 0\.3"):
+        PostprocessConfig.model_validate({"threshold": 0.5, "low_threshold": 0.3,
+                                          "per_class": {"door": {"threshold": 0.2}}})
+    ok = PostprocessConfig.model_validate({"threshold": 0.5, "low_threshold": 0.3,
+                                           "per_class": {"door": {"threshold": 0.2, "low_threshold": 0.1}}})
+    assert ok.per_class["door"].low_threshold == 0.1

@@ -10,6 +10,7 @@ import pytest
 from bitsound.cli import main
 from bitsound.data.events import read_annotations
 from bitsound.detect.metrics import read_frame_scores
+from bitsound.export import bsnn
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "dcase2016-task2-events").is_dir(),
@@ -38,9 +39,9 @@ def test_detect_torch_and_engine_then_score(trained, tmp_path, capsys):
     files = sorted(str(p) for p in (mixtures / "test/audio").glob("*.wav"))
     post = tmp_path / "post.yaml"
     post.write_text("ignore: [background]\nthreshold: 0.1\nmedian: 0.2\n")
-    for backend, flag, target in (("torch", "--model", model / "model.pt"),
-                                  ("engine", "--engine", model / "model.bsnn")):
-        assert main(["detect", flag, str(target), *files, "--out", str(tmp_path / f"{backend}.tsv"),
+    for backend, flags in (("torch", ["--model", model / "model.pt"]),
+                           ("engine", ["--model", model / "model.pt", "--engine", model / "model.bsnn"])):
+        assert main(["detect", *map(str, flags), *files, "--out", str(tmp_path / f"{backend}.tsv"),
                      "--frames", str(tmp_path / backend), "--postprocess", str(post), "--hop", "0.25",
                      "-q"]) == 0
     torch_scores, durations = read_frame_scores(tmp_path / "torch")
@@ -90,7 +91,14 @@ def test_detect_errors(trained, tmp_path, capsys):
     mixtures, model = trained
     wav = str(next((mixtures / "test/audio").glob("*.wav")))
     assert main(["detect", wav, "--out", str(tmp_path / "x.tsv")]) == 2
-    assert "one of them" in capsys.readouterr().err
+    assert "or both" in capsys.readouterr().err
+    other = tmp_path / "other.bsnn"  # exported from another model: refused with both flags
+    graph = bsnn.read(model / "model.bsnn")
+    graph.meta = {**graph.meta, "labels": list(reversed(graph.meta["labels"]))}
+    bsnn.write(graph, other)
+    assert main(["detect", "--model", str(model / "model.pt"), "--engine", str(other), wav, "--out",
+                 str(tmp_path / "x.tsv")]) == 2
+    assert "was not exported from" in capsys.readouterr().err
     assert main(["detect", "--model", str(model / "model.pt"), wav, "--out", str(tmp_path / "x.tsv"),
                  "--hop", "2.0"]) == 2
     assert "longer than the model's window" in capsys.readouterr().err

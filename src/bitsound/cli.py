@@ -212,7 +212,10 @@ def cmd_detect(args) -> int:
         tune,
         write_events,
     )
+    from bitsound.detect.stream import fix_mmap_threshold
 
+    # peak memory must not drift with the recordings' length (see fix_mmap_threshold)
+    fix_mmap_threshold()
     classifier = load_classifier(model=args.model, engine=args.engine, isa=args.isa)
     detect = classifier.recipe.detect
     updates = {k: v for k, v in (("hop", args.hop), ("block", args.block), ("batch", args.batch))
@@ -558,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="sound events in (long) recordings: DCASE TSV, JSON, frame scores")
     p.add_argument("--model", metavar="DIR/model.pt", help="run the PyTorch model")
-    p.add_argument("--engine", metavar="FILE.bsnn", help="run the exported model in the C engine")
+    p.add_argument("--engine", metavar="FILE.bsnn", help="run the network in the C engine (with --model: "
+                   "the .bsnn exported from it)")
     p.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"])
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--out", required=True, metavar="EVENTS.tsv",

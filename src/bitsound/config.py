@@ -405,11 +405,15 @@ class PostprocessConfig(Section):
 
     @model_validator(mode="after")
     def _check_low(self) -> PostprocessConfig:
+        # the same resolution as detect.postprocess.class_rules: a class's own value, else the
+        # section's; low defaults to the threshold
         for name, cfg in [("", self), *((f"per_class.{k}.", v) for k, v in self.per_class.items())]:
             high = cfg.threshold if cfg.threshold is not None else self.threshold
-            if cfg.low_threshold is not None and high is not None and cfg.low_threshold > high:
-                raise ValueError(f"{name}low_threshold {cfg.low_threshold} is above the threshold "
-                                 f"{high}; hysteresis needs low <= high")
+            low = cfg.low_threshold if cfg.low_threshold is not None else self.low_threshold
+            if low is not None and low > high:
+                where = "" if cfg.low_threshold is not None or not name else " (the section's)"
+                raise ValueError(f"{name}threshold {high} is below the low_threshold {low}{where}; "
+                                 f"hysteresis needs low_threshold <= threshold")
         return self
 
 

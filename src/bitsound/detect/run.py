@@ -25,16 +25,32 @@ log = logging.getLogger("bitsound.detect")
 
 
 def load_classifier(*, model: str | None = None, engine: str | None = None, isa: str = "auto"):
-    """The PyTorch model (``model.pt``) or the engine model (``.bsnn``) as an audio classifier."""
-    if bool(model) == bool(engine):
-        raise ConfigError("give --model DIR/model.pt or --engine FILE.bsnn (one of them)")
-    if engine:
-        from bitsound.engine.classifier import load_classifier as load_engine
+    """The PyTorch model (``model.pt``) or the engine model (``.bsnn``) as an audio classifier.
 
-        return load_engine(engine, isa=isa)
-    from bitsound.modelfile import load_model
+    With both, the network runs in the engine and the ``.bsnn`` file must have been exported from
+    that ``model.pt`` (same labels and recipe): a mismatch is an error, not a silent choice.
+    """
+    if not model and not engine:
+        raise ConfigError("give --model DIR/model.pt, --engine FILE.bsnn, or both (the engine runs "
+                          "the network exported from that model)")
+    if not engine:
+        from bitsound.modelfile import load_model
 
-    return load_model(model)
+        return load_model(model)
+    from bitsound.engine.classifier import load_classifier as load_engine
+
+    classifier = load_engine(engine, isa=isa)
+    if model:
+        from bitsound.modelfile import load_model
+
+        torch_model = load_model(model)
+        if list(torch_model.labels) != list(classifier.labels) or (
+            torch_model.recipe.model_dump(mode="json") != classifier.recipe.model_dump(mode="json")
+        ):
+            raise ConfigError(f"'{engine}' was not exported from '{model}' (their labels or recipes "
+                              f"differ); export it again with `bitsound export --model {model} --out "
+                              f"{engine}`, or give only one of --model and --engine")
+    return classifier
 
 
 @dataclass

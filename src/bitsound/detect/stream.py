@@ -184,13 +184,15 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
             next_start += step
             if len(pending) == batch:
                 yield flush()
-        keep = next_start - offset  # drop what no later window needs
+        # drop what no later window needs (with hop > length the next window may start past
+        # the samples decoded so far: keep nothing then, and count the dropped samples)
+        keep = min(next_start, total) - offset
         if keep > 0:
             buffer = buffer[:, keep:]
-            offset = next_start
+            offset += keep
     if total == 0:
         return
-    if next_start == 0 or next_start - step + win < total:
+    if next_start == 0 or (next_start < total and next_start - step + win < total):
         # the recording is shorter than a window, or goes on past the last whole one
         tail = buffer[:, next_start - offset:] if next_start < total else buffer[:, :0]
         window = np.zeros((buffer.shape[0], win), dtype=np.float32)
