@@ -1,20 +1,25 @@
-"""Speed of the bit-packed engine against PyTorch fp32, measured in the same run, one thread each.
+"""Speed of the bit-packed engine against PyTorch fp32, measured in the same run.
 
 Usage::
 
-    python benchmarks/bench_engine.py [--isa auto] [--budget 1.0] [--json] [--no-models]
+    python benchmarks/bench_engine.py [--isa auto|avx512|avx2|scalar ...] [--forms word serial slice]
+                                      [--threads 2] [--budget 1.0] [--json] [--no-models]
 
-Prints three tables:
+Prints four tables:
 
-1. the machine's XOR+popcount peak (L1-resident microbenchmark, every method the instruction set
-   has; the engine's kernels can reach at most the best of them);
-2. binary conv layers against ``torch.nn.functional.conv2d`` of the same shape: the 256->256
-   3x3 conv on 32x32 (the issue's target: >= 15x, ceiling near 18x with AVX-512 VPOPCNTDQ) and
-   an audio-shaped 64->64 3x3 conv on 40x100, with binary MACs/s and the fraction of the peak;
+1. the machine's XOR+popcount peak per instruction set (L1-resident microbenchmark, every method
+   the instruction set has; the ceiling of the word-parallel kernels, which the bit-serial and
+   slice forms can pass because they skip half of the weight bits);
+2. binary conv layers (thresholded bit output, one thread each) against
+   ``torch.nn.functional.conv2d`` of the same shape with ``torch.set_num_threads(1)``, for every
+   instruction set and binary conv form asked for: the 256->256 3x3 conv on 32x32 (issue target
+   >= 20x) and the audio-shaped 64->64 on 40x100 and 32->64 on 64x44 (>= 10x), 128->128 on 16x16;
+   binary MACs/s and the percent of that instruction set's peak;
 3. whole models per 1-second clip (random weights; speed hardly depends on them): the
-   thesis-xnor recipe (seed 000's XNOR-Net on 32x32 binary images) and a binary digits model
-   (the digits-xnor recipe if shipped, else digits-cnn's front end with a bcnn2d XNOR net), with
-   and without the front end.
+   thesis-xnor recipe (seed 000's XNOR-Net on 32x32 binary images) and a binary digits model, with
+   and without the (PyTorch) front end;
+4. throughput of a batch of clips of those models on 1 .. --threads threads (target: 2 threads
+   >= 1.8x one), and whether the logits are bit-identical.
 
 Times are minima over repeats (the least disturbed run); on a shared machine the ratios, taken
 back to back, are the numbers to read.
@@ -30,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bitsound import engine
-from bitsound.engine.bench import bench_layer, bench_model, peak_xor_popcount
+from bitsound.engine.bench import bench_layer, bench_model, bench_threads, peak_xor_popcount
 
 LAYERS = [(256, 256, (32, 32), 3), (64, 64, (40, 100), 3), (128, 128, (16, 16), 3), (32, 64, (64, 44), 3)]
 
@@ -61,41 +66,66 @@ def models():
         yield "digits (bcnn2d xnor)", _model("digits-cnn", {"name": "bcnn2d", "params": params}, 10)
 
 
+def _export(model) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from bitsound.export.packed import export_packed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(export_packed(model, Path(tmp) / "model.bsnn")).read_bytes()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--isa", default="auto", choices=["auto", *engine.available_isas()])
+    isas = [i for i in ("avx512", "avx2") if i in engine.available_isas()] or ["scalar"]
+    ap.add_argument("--isa", nargs="+", default=isas, choices=["auto", *engine.available_isas()],
+                    help="instruction sets of the layer table (default: the vector ones this CPU has)")
+    ap.add_argument("--forms", nargs="+", default=["word", "serial", "slice"],
+                    choices=["auto", "word", "serial", "slice"], help="binary conv forms of the layer table")
+    ap.add_argument("--threads", type=int, default=2, help="largest thread count of the scaling table")
+    ap.add_argument("--batch", type=int, default=64, help="clips per batch in the scaling table")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per side")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-models", action="store_true")
     args = ap.parse_args()
     console = Console(width=160)
-    isa = engine.auto_isa() if args.isa == "auto" else args.isa
+    isas = [engine.auto_isa() if i == "auto" else i for i in args.isa]
 
-    peak = peak_xor_popcount(isa)
-    layers = [bench_layer(ci, co, s, k, isa=isa, budget=args.budget, peak=peak) for ci, co, s, k in LAYERS]
-    whole = [] if args.no_models else [dict(bench_model(m, isa=isa, budget=args.budget), name=n)
-                                       for n, m in models()]
+    peaks = {isa: peak_xor_popcount(isa) for isa in isas}
+    layers = [bench_layer(ci, co, s, k, isa=isa, bconv=form, budget=args.budget, peak=peaks[isa])
+              for ci, co, s, k in LAYERS for isa in isas for form in args.forms]
+    whole, scaling = [], []
+    if not args.no_models:
+        for name, m in models():
+            whole.append(dict(bench_model(m, budget=args.budget), name=name))
+            counts = sorted({1, *range(2, args.threads + 1)})
+            rows = bench_threads(_export(m), threads=counts, batch=args.batch, budget=args.budget)
+            scaling += [dict(r, name=name) for r in rows]
     if args.json:
-        print(json.dumps({"peak": peak, "layers": layers, "models": whole}, indent=2))
+        print(json.dumps({"peaks": peaks, "layers": layers, "models": whole, "threads": scaling}, indent=2))
         return
 
-    t = Table(title=f"XOR+popcount peak ({layers[0]['cpu']}, isa {isa}, L1-resident, 1 thread)")
-    t.add_column("method")
-    t.add_column("Gbit-ops/s", justify="right")
-    for m, r in peak["methods"].items():
-        t.add_row(m + (" (peak)" if m == peak["best_method"] else ""), f"{r / 1e9:.0f}")
+    t = Table(title=f"XOR+popcount peak ({layers[0]['cpu']}, L1-resident, 1 thread)")
+    for col in ("isa", "method", "Gbit-ops/s"):
+        t.add_column(col)
+    for isa, peak in peaks.items():
+        for m, r in peak["methods"].items():
+            t.add_row(isa, m + (" (peak)" if m == peak["best_method"] else ""), f"{r / 1e9:.0f}")
     console.print(t)
 
-    t = Table(title="binary conv vs torch fp32 conv2d, 1 thread each, same run")
-    for col in ("layer", "torch fp32 ms", "engine ms", "speedup", "float-out ms", "pack ms",
+    t = Table(title=f"binary conv (bit output) vs torch fp32 conv2d, 1 thread each (torch "
+                    f"{torch.__version__}), same run")
+    for col in ("layer", "isa", "form", "torch fp32 ms", "engine ms", "speedup", "float-out ms", "pack ms",
                 "binary GMAC/s", "torch GMAC/s", "% of peak"):
         t.add_column(col, justify="right")
     for r in layers:
         h, w = r["size"]
-        t.add_row(f"{r['cin']}->{r['cout']} {r['kernel']}x{r['kernel']} {h}x{w}", f"{r['torch_ms']:.3f}",
-                  f"{r['engine_ms']:.3f}", f"{r['speedup']:.1f}x", f"{r['engine_float_out_ms']:.3f}",
-                  f"{r['pack_ms']:.3f}", f"{r['engine_macs_per_s'] / 1e9:.0f}",
-                  f"{r['torch_macs_per_s'] / 1e9:.1f}", f"{100 * r['fraction_of_peak']:.0f}%")
+        t.add_row(f"{r['cin']}->{r['cout']} {r['kernel']}x{r['kernel']} {h}x{w}", r["isa"], r["form"],
+                  f"{r['torch_ms']:.3f}", f"{r['engine_ms']:.3f}", f"{r['speedup']:.1f}x",
+                  f"{r['engine_float_out_ms']:.3f} ({r['float_out_form']})", f"{r['pack_ms']:.3f}",
+                  f"{r['engine_macs_per_s'] / 1e9:.0f}", f"{r['torch_macs_per_s'] / 1e9:.1f}",
+                  f"{100 * r['fraction_of_peak']:.0f}%")
     console.print(t)
 
     if whole:
@@ -108,6 +138,13 @@ def main() -> None:
                       f"{r['torch_ms']:.3f}", f"{r['engine_ms']:.3f}", f"{r['speedup']:.1f}x",
                       f"{r['torch_with_frontend_ms']:.3f}", f"{r['engine_with_frontend_ms']:.3f}",
                       f"{r['speedup_with_frontend']:.1f}x")
+        console.print(t)
+        t = Table(title=f"engine throughput on a batch of {args.batch} clips (split by clip over threads)")
+        for col in ("model", "isa", "threads", "batch ms", "clips/s", "vs 1 thread", "identical logits"):
+            t.add_column(col, justify="right")
+        for r in scaling:
+            t.add_row(r["name"], r["isa"], str(r["threads"]), f"{r['batch_ms']:.2f}",
+                      f"{r['examples_per_s']:.0f}", f"{r['scaling']:.2f}x", "yes" if r["identical"] else "NO")
         console.print(t)
 
 

@@ -29,6 +29,8 @@ def test_export_and_engine_predict_match_pytorch(recipe, tmp_path, capsys):
     torch_rows = json.loads(capsys.readouterr().out)
     assert main(["predict", "--engine", str(tmp_path / "m.bsnn"), "--json", *files]) == 0
     engine_rows = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--engine", str(tmp_path / "m.bsnn"), "--threads", "2", "--json", *files]) == 0
+    assert json.loads(capsys.readouterr().out) == engine_rows  # threads change nothing
     assert [r["label"] for r in engine_rows] == [r["label"] for r in torch_rows]
     for a, b in zip(engine_rows, torch_rows, strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-3)

@@ -157,13 +157,13 @@ def edited(record: int, offset: int, fmt: str, value, *, meta=False) -> bytes:
     (2, 32, "<i", 71, "bad_graph", "channels"),   # cin != the input's channels
     (2, 36, "<i", 0, "out_of_range", "out channels"),
     (2, 40, "<i", 3, "out_of_range", "groups"),    # 3 divides neither 70 nor 8
-    (2, 44, "<i", 1 << 20, "out_of_range", "kernel height"),
+    (2, 44, "<i", (1 << 24) + 1, "out_of_range", "kernel height"),
     (2, 44, "<i", 9, "bad_graph", "does not fit"),
     (2, 52, "<i", 0, "out_of_range", "stride"),
     (2, 60, "<i", -1, "out_of_range", "padding"),
     (2, 84, "<i", 7, "unsupported", "output mode"),
     (0, 32, "<i", 3, "out_of_range", "rank"),        # "input" pads its name to 8 bytes
-    (0, 40, "<i", 65537, "out_of_range", "input height"),
+    (0, 40, "<i", (1 << 24) + 1, "out_of_range", "input height"),
     (0, 36, "<i", 0, "out_of_range", "input channels"),
     (3, 28 + 24, "<i", 2, "out_of_range", "ceil_mode"),  # "pool": 4 name bytes
     (3, 28, "<i", 100, "bad_graph", "pool window"),
@@ -334,10 +334,10 @@ def test_c_fuzz_harness_under_sanitizers(seed_files, tmp_path):
         pytest.skip("the engine's C sources are not installed (not an editable install)")
     sources = [ENGINE_DIR / "fuzz" / "fuzz_load.c"] + [ENGINE_DIR / f for f in (
         "format.c", "model.c", "dispatch.c", "kernels_ref.c", "kernels_scalar.c", "kernels_avx2.c",
-        "kernels_avx512.c", "kernels_avx512_emu.c")]
+        "kernels_avx512.c", "kernels_avx512_emu.c", "slice.c", "pool.c")]
     exe = tmp_path / "fuzz_load"
-    base = [cc, "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-g", "-O1", *map(str, sources), "-lm", "-o",
-            str(exe)]
+    base = [cc, "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-g", "-O1", *map(str, sources), "-lm", "-pthread",
+            "-o", str(exe)]
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     build = subprocess.run(base[:1] + san + base[1:], capture_output=True, text=True)
     if build.returncode != 0:  # no sanitizer runtime: still run the plain harness

@@ -69,8 +69,9 @@ def randomize(net: nn.Module, seed: int = 1) -> nn.Module:
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g))
                 m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
-                m.weight.copy_(torch.randn(c, generator=g))
-                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+                if m.affine:  # seed 002's batch norms have no learned scale and offset
+                    m.weight.copy_(torch.randn(c, generator=g))
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.5)
             if getattr(m, "move", None) is not None:  # bcnn2d's learned sign thresholds
                 m.move.copy_(torch.randn(m.move.shape, generator=g) * 0.5)
             if isinstance(m, nn.PReLU):  # slopes of both signs

@@ -14,7 +14,9 @@ for testing) and ``"auto"``; :func:`available_isas` lists what this CPU runs. Tw
 the tests only: ``"avx512-emulated"`` (the AVX-512 kernels' sources on stand-ins for the AVX-512
 instructions) and ``"scalar-bitserial"`` (the bit-serial algorithm in portable C).
 
-Binary convolutions run in one of two forms. *Word-parallel*: per output pixel and channel,
+Binary convolutions run in one of three forms, chosen per layer at load from its shapes (``bconv=``
+forces one where the layer allows it; :attr:`Engine.forms` says which each layer runs).
+*Word-parallel*: per output pixel and channel,
 XOR the packed patch with the packed weights and popcount (AVX2: nibble-table ``vpshufb`` with a
 carry-save full adder over triples of vectors; AVX-512: ``vpopcntq``). *Bit-serial* (layers of
 >= 128-bit kernels over >= 128 output pixels): the patches of 256 output pixels are bit-transposed
@@ -22,6 +24,15 @@ so that one vector holds one kernel bit of all 256 pixels; each output channel t
 pixel, only the rows where its weight bit is in the smaller of its 0/1 sets (at most half the
 kernel) with a Harley-Seal carry-save tree into bit-sliced counters (AVX2: 5 logic ops per full
 adder; AVX-512VL: 2 ``vpternlogq``), and ``popcount(x xor w) = n1 + X - 2 C1 = n1 - X + 2 C0``.
+*Slice* (stride-1 convs with thresholded bit output, the layers of binary audio models): the input
+map is transposed once into one bit plane per channel, the kernel rows of a block of 512 (AVX-512;
+AVX2 256, scalar 64) output positions are shifted loads of those planes, the rows are counted as
+in the bit-serial form, and each channel's threshold rule is evaluated on the bit-sliced counts
+(a carry chain per border class), so the output bits come out without integer counts and 64 x 64
+bit transposes write the packed output words (``slice.c``, ``bitslice_body.h``).
+
+Threads (``threads=N``): a batch of at least N examples is split by example, a smaller one runs
+each binary conv's blocks of output pixels over the threads; the results are identical whatever N.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ except ImportError as err:  # pragma: no cover - only without a built extension
     _IMPORT_ERROR = err
 
 ISAS = oc.ISAS
+BCONV_FORMS = ("auto", "word", "serial", "slice")
+MAX_THREADS = 256
 
 
 class EngineFileError(CheckpointError):
@@ -129,19 +142,31 @@ class Engine:
     meta : dict
         The file's metadata (labels, recipe, feature shape, source model).
     ops : list of OpInfo
+    threads : int
+        Threads of a run (see :func:`load`).
+    forms : list of str
+        Per op, the form its binary conv runs in (``word``, ``serial``, ``slice``; ``grouped``,
+        ``reference``), ``""`` for the other ops.
     """
 
-    def __init__(self, data: bytes, *, isa: str = "auto", path: str | None = None):
+    def __init__(self, data: bytes, *, isa: str = "auto", threads: int = 1, bconv: str = "auto",
+                 path: str | None = None):
         lib = _lib()
         if isa not in ISAS and isa not in oc.TEST_ISAS:
             raise ConfigError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        if bconv not in BCONV_FORMS:
+            raise ConfigError(f"bconv must be one of {', '.join(BCONV_FORMS)}, got {bconv!r}")
         try:
-            self._m = lib.Model(data, isa)
+            self._m = lib.Model(data, isa, threads, bconv)
         except lib.FormatError as err:
             code, name, message = err.args
             raise EngineFileError(code, name, message, path) from None
         self.path = path
         self.isa: str = self._m.isa
+        self.threads: int = self._m.threads
+        self.forms: list[str] = list(self._m.forms())
         self.feature_shape: tuple[int, ...] = tuple(self._m.input_shape)
         self.n_outputs: int = self._m.n_outputs
         self.meta: dict[str, Any] = _parse_meta(self._m.meta, path)
@@ -152,8 +177,8 @@ class Engine:
         ]
 
     def __repr__(self) -> str:
-        return (f"Engine({self.path or '<bytes>'}, isa={self.isa!r}, features={self.feature_shape}, "
-                f"outputs={self.n_outputs}, ops={len(self.ops)})")
+        return (f"Engine({self.path or '<bytes>'}, isa={self.isa!r}, threads={self.threads}, "
+                f"features={self.feature_shape}, outputs={self.n_outputs}, ops={len(self.ops)})")
 
     def _features(self, features: np.ndarray, *, batched: bool) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)
@@ -209,12 +234,12 @@ class Engine:
         return self._m.arena_bytes
 
 
-def loads(data: bytes, *, isa: str = "auto") -> Engine:
+def loads(data: bytes, *, isa: str = "auto", threads: int = 1, bconv: str = "auto") -> Engine:
     """Load a model from bytes (see :func:`load`)."""
-    return Engine(bytes(data), isa=isa)
+    return Engine(bytes(data), isa=isa, threads=threads, bconv=bconv)
 
 
-def load(path: str | Path, *, isa: str = "auto") -> Engine:
+def load(path: str | Path, *, isa: str = "auto", threads: int = 1, bconv: str = "auto") -> Engine:
     """Load and validate a ``.bsnn`` model file.
 
     Parameters
@@ -222,20 +247,28 @@ def load(path: str | Path, *, isa: str = "auto") -> Engine:
     path : str or Path
     isa : {"auto", "avx512", "avx2", "scalar", "reference"}
         Kernel path; ``"auto"`` picks the fastest this CPU supports.
+    threads : int, 1 .. 256
+        Threads of a run (a pthreads pool started at load): a batch of at least ``threads``
+        examples is split by example, a smaller one by blocks of output pixels of each binary
+        conv. Results are bit-identical whatever the count.
+    bconv : {"auto", "word", "serial", "slice"}
+        Force the form of the binary convs where the layer and ``isa`` allow it (benchmarks and
+        tests); ``"auto"`` chooses per layer from its shapes.
 
     Raises
     ------
     EngineFileError
         Malformed, truncated or corrupt file (with the engine's code and message).
     ConfigError
-        Unknown ``isa``; :class:`EngineFileError` with code 9 for one this CPU lacks.
+        Unknown ``isa`` or ``bconv``, ``threads`` out of range; :class:`EngineFileError` with code 9
+        for an ``isa`` this CPU lacks.
     """
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as err:
         raise EngineFileError(1, "io_error", f"cannot read the model file: {err.strerror}", str(p)) from None
-    return Engine(data, isa=isa, path=str(p))
+    return Engine(data, isa=isa, threads=threads, bconv=bconv, path=str(p))
 
 
 __all__ = ["Engine", "EngineFileError", "OpInfo", "auto_isa", "available_isas", "load", "loads"]

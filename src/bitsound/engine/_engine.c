@@ -1,8 +1,13 @@
 /* _engine.c: CPython binding of the bsnn engine (C API + buffer protocol; no numpy headers).
  *
- *   Model(data: bytes-like, isa: str = "auto")      load + validate; FormatError on a bad file
+ *   Model(data: bytes-like, isa: str = "auto", threads: int = 1, bconv: str = "auto")
+ *                                                   load + validate; FormatError on a bad file;
+ *                                                   bconv forces a binary conv form where it applies
  *   Model.predict(x, out)                           x float32 [batch * input numel], out float32
- *                                                   [batch * n_outputs], both C-contiguous
+ *                                                   [batch * n_outputs], both C-contiguous; with
+ *                                                   threads > 1 a batch of >= threads examples is
+ *                                                   split by example, a smaller one by pixel blocks
+ *   Model.forms() -> list[str]                      each op's binary conv form ("" for other ops)
  *   Model.trace(x) -> list[bytes]                   each op's output for one example
  *   Model.time_op(x, index, repeats) -> list[float] seconds of each run of op `index`
  *   Model.ops() -> list[tuple]                      (type, name, in0, in1, out, (h, w, c, dtype))
@@ -21,9 +26,14 @@ typedef struct {
     PyObject_HEAD
     bs_model *m;
     const bs_kernels *k;
+    bs_pool *pool; /* NULL for one thread */
+    int threads;
 } ModelObject;
 
+static const char *FORM_NAMES[] = {"word", "serial", "slice"};
+
 static void Model_dealloc(ModelObject *self) {
+    bs_pool_free(self->pool);
     bs_model_free(self->m);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -37,10 +47,23 @@ static void raise_status(int code, const char *msg) {
 }
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"data", "isa", NULL};
+    static char *kwlist[] = {"data", "isa", "threads", "bconv", NULL};
     Py_buffer buf;
-    const char *isa = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|s", kwlist, &buf, &isa)) return -1;
+    const char *isa = "auto", *bconv = "auto";
+    int threads = 1, forced = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|sis", kwlist, &buf, &isa, &threads, &bconv)) return -1;
+    if (threads < 1 || threads > 256) {
+        PyBuffer_Release(&buf);
+        PyErr_Format(PyExc_ValueError, "threads must be in [1, 256], got %d", threads);
+        return -1;
+    }
+    for (int f = 0; f < 3; f++)
+        if (!strcmp(bconv, FORM_NAMES[f])) forced = f;
+    if (forced < 0 && strcmp(bconv, "auto") != 0) {
+        PyBuffer_Release(&buf);
+        PyErr_Format(PyExc_ValueError, "bconv must be one of auto, word, serial, slice, got '%s'", bconv);
+        return -1;
+    }
     int st;
     const bs_kernels *k = bs_kernels_get(isa, &st);
     if (!k) {
@@ -61,9 +84,20 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
         raise_status(st, msg);
         return -1;
     }
+    bs_model_set_forms(m, k, forced);
+    bs_pool *pool = NULL;
+    if (threads > 1 && (st = bs_pool_create(threads, bs_model_thread_bytes(m), &pool)) != BS_OK) {
+        bs_model_free(m);
+        snprintf(msg, sizeof msg, "could not start a pool of %d threads", threads);
+        raise_status(st, msg);
+        return -1;
+    }
+    bs_pool_free(self->pool);
     bs_model_free(self->m);
     self->m = m;
     self->k = k;
+    self->pool = pool;
+    self->threads = threads;
     return 0;
 }
 
@@ -96,6 +130,21 @@ static void *arena_alloc(const bs_model *m) {
     return p;
 }
 
+typedef struct {
+    const bs_model *m;
+    const bs_kernels *k;
+    const float *x;
+    float *out;
+    size_t ni, no;
+    void **arenas; /* one per thread */
+} predict_job;
+
+static void predict_task(void *ctx, int task, int tid) {
+    const predict_job *j = (const predict_job *)ctx;
+    bs_model_run(j->m, j->k, j->x + (size_t)task * j->ni, j->arenas[tid], j->m->n_ops);
+    memcpy(j->out + (size_t)task * j->no, bs_model_output(j->m, j->arenas[tid]), j->no * sizeof(float));
+}
+
 static PyObject *Model_predict(ModelObject *self, PyObject *args) {
     PyObject *xo, *oo;
     if (!ready(self) || !PyArg_ParseTuple(args, "OO", &xo, &oo)) return NULL;
@@ -115,21 +164,30 @@ static PyObject *Model_predict(ModelObject *self, PyObject *args) {
         PyBuffer_Release(&ob);
         return NULL;
     }
-    void *arena = arena_alloc(m);
-    if (!arena) {
-        PyBuffer_Release(&xb);
-        PyBuffer_Release(&ob);
-        return PyErr_NoMemory();
-    }
-    const float *x = xb.buf;
-    float *out = ob.buf;
+    /* a batch of at least `threads` examples: one example per task, an arena per thread; a smaller
+     * one: example by example, each binary conv's pixel blocks over the threads */
+    const int by_example = self->pool && batch >= (size_t)self->threads;
+    const int narenas = by_example ? self->threads : 1;
+    void *arenas[256] = {NULL};
+    for (int t = 0; t < narenas; t++)
+        if (!(arenas[t] = arena_alloc(m))) {
+            for (int u = 0; u < t; u++) free(arenas[u]);
+            PyBuffer_Release(&xb);
+            PyBuffer_Release(&ob);
+            return PyErr_NoMemory();
+        }
+    predict_job job = {m, self->k, xb.buf, ob.buf, ni, no, arenas};
     Py_BEGIN_ALLOW_THREADS
-    for (size_t i = 0; i < batch; i++) {
-        bs_model_run(m, self->k, x + i * ni, arena, m->n_ops);
-        memcpy(out + i * no, bs_model_output(m, arena), no * sizeof(float));
+    if (by_example) {
+        bs_pool_run(self->pool, (int)batch, predict_task, &job);
+    } else {
+        for (size_t i = 0; i < batch; i++) {
+            bs_model_run_pool(m, self->k, self->pool, job.x + i * ni, arenas[0], m->n_ops);
+            memcpy(job.out + i * no, bs_model_output(m, arenas[0]), no * sizeof(float));
+        }
     }
     Py_END_ALLOW_THREADS
-    free(arena);
+    for (int t = 0; t < narenas; t++) free(arenas[t]);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&ob);
     Py_RETURN_NONE;
@@ -158,7 +216,7 @@ static PyObject *Model_trace(ModelObject *self, PyObject *args) {
         if (i == 0)
             bs_model_run(m, self->k, xb.buf, arena, 1);
         else
-            bs_run_op(m, self->k, i, arena);
+            bs_run_op_pool(m, self->k, self->pool, i, arena);
         PyObject *b = PyBytes_FromStringAndSize((const char *)arena + m->slot_off[op->out],
                                                 (Py_ssize_t)bs_shape_bytes(op->so));
         if (!b) {
@@ -199,13 +257,13 @@ static PyObject *Model_time_op(ModelObject *self, PyObject *args) {
     }
     const float *x = xb.buf;
     Py_BEGIN_ALLOW_THREADS
-    bs_model_run(m, self->k, x, arena, index + 1);
+    bs_model_run_pool(m, self->k, self->pool, x, arena, index + 1);
     for (int r = 0; r < repeats; r++) {
         double t0 = bs_now();
         if (m->ops[index].type == BS_OP_INPUT)
             bs_model_run(m, self->k, x, arena, 1);
         else
-            bs_run_op(m, self->k, index, arena);
+            bs_run_op_pool(m, self->k, self->pool, index, arena);
         t[r] = bs_now() - t0;
     }
     Py_END_ALLOW_THREADS
@@ -234,6 +292,40 @@ static PyObject *Model_ops(ModelObject *self, PyObject *unused) {
         PyList_SET_ITEM(list, i, t);
     }
     return list;
+}
+
+/* the form each binary conv runs in with this model's kernels ("" for the other ops) */
+static PyObject *Model_forms(ModelObject *self, PyObject *unused) {
+    (void)unused;
+    if (!ready(self)) return NULL;
+    const bs_model *m = self->m;
+    PyObject *list = PyList_New(m->n_ops);
+    for (int i = 0; list && i < m->n_ops; i++) {
+        const bs_op *op = &m->ops[i];
+        const char *name = "";
+        if (op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D) {
+            int f = op->form;
+            if (self->k->reference) name = "reference";
+            else if (op->groups != 1) name = "grouped";
+            else {
+                if (f == BS_FORM_SLICE && !(op->slc && self->k->bitslice)) f = BS_FORM_SERIAL;
+                if (f == BS_FORM_SERIAL && !(op->bser && self->k->bitserial)) f = BS_FORM_WORD;
+                name = FORM_NAMES[f];
+            }
+        }
+        PyObject *s = PyUnicode_FromString(name);
+        if (!s) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
+
+static PyObject *Model_get_threads(ModelObject *self, void *c) {
+    (void)c;
+    return PyLong_FromLong(self->threads > 0 ? self->threads : 1);
 }
 
 static PyObject *Model_get_isa(ModelObject *self, void *c) {
@@ -279,10 +371,12 @@ static PyMethodDef Model_methods[] = {
     {"trace", (PyCFunction)Model_trace, METH_VARARGS, "trace(x) -> list of each op's output bytes"},
     {"time_op", (PyCFunction)Model_time_op, METH_VARARGS, "time_op(x, index, repeats) -> seconds per run"},
     {"ops", (PyCFunction)Model_ops, METH_NOARGS, "ops() -> list of (type, name, in0, in1, out, shape)"},
+    {"forms", (PyCFunction)Model_forms, METH_NOARGS, "forms() -> each op's binary conv form"},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Model_getset[] = {
     {"isa", (getter)Model_get_isa, NULL, "instruction set in use", NULL},
+    {"threads", (getter)Model_get_threads, NULL, "threads of a run", NULL},
     {"meta", (getter)Model_get_meta, NULL, "metadata JSON text or None", NULL},
     {"input_shape", (getter)Model_get_input, NULL, "feature shape of one example", NULL},
     {"n_outputs", (getter)Model_get_nout, NULL, "logits per example", NULL},
@@ -364,6 +458,48 @@ static PyObject *py_peak(PyObject *mod, PyObject *args) {
     return PyFloat_FromDouble(r);
 }
 
+/* _pool_check(threads, seconds): the pool's tasks run at the same time. One task per thread; each
+ * waits (up to seconds) until all have started, which only a pool whose threads run concurrently
+ * lets happen: returns how many saw all the others (tests) */
+typedef struct {
+    int n, arrived, ok;
+    double deadline;
+} barrier_job;
+
+static void barrier_task(void *ctx, int task, int tid) {
+    (void)task;
+    (void)tid;
+    barrier_job *b = (barrier_job *)ctx;
+    __atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&b->arrived, __ATOMIC_ACQUIRE) < b->n)
+        if (bs_now() > b->deadline) return;
+    __atomic_add_fetch(&b->ok, 1, __ATOMIC_ACQ_REL);
+}
+
+static PyObject *py_pool_check(PyObject *mod, PyObject *args) {
+    (void)mod;
+    int threads;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "id", &threads, &seconds)) return NULL;
+    if (threads < 1 || threads > 256 || seconds < 0 || seconds > 60) {
+        PyErr_SetString(PyExc_ValueError, "threads must be in [1, 256] and seconds in [0, 60]");
+        return NULL;
+    }
+    bs_pool *pool = NULL;
+    int st = bs_pool_create(threads, 0, &pool);
+    if (st != BS_OK) {
+        PyErr_Format(PyExc_RuntimeError, "could not start a pool of %d threads (%s)", threads, bs_status_name(st));
+        return NULL;
+    }
+    barrier_job b = {threads, 0, 0, 0.0};
+    Py_BEGIN_ALLOW_THREADS
+    b.deadline = bs_now() + seconds;
+    bs_pool_run(pool, threads, barrier_task, &b);
+    Py_END_ALLOW_THREADS
+    bs_pool_free(pool);
+    return PyLong_FromLong(b.ok);
+}
+
 static PyObject *py_status_names(PyObject *mod, PyObject *unused) {
     (void)mod;
     (void)unused;
@@ -382,12 +518,18 @@ static PyObject *py_status_names(PyObject *mod, PyObject *unused) {
     return d;
 }
 
+/* the C front end's entry point (_frontend.c) */
+PyObject *bs_py_frontend_run(PyObject *mod, PyObject *args);
+
 static PyMethodDef module_methods[] = {
     {"available_isas", py_available_isas, METH_NOARGS, "instruction sets this CPU can run"},
+    {"frontend_run", bs_py_frontend_run, METH_VARARGS,
+     "frontend_run(ints, floats, tables, audio, out): the C front end (bitsound.engine.frontend.run)"},
     {"auto_isa", py_auto_isa, METH_NOARGS, "the instruction set 'auto' picks"},
     {"isa_available", py_isa_available, METH_VARARGS, "isa_available(name): also the test-only variants"},
     {"peak", py_peak, METH_VARARGS, "peak(method, seconds) -> xor+popcount bit operations per second"},
     {"status_names", py_status_names, METH_NOARGS, "status code -> name"},
+    {"_pool_check", py_pool_check, METH_VARARGS, "_pool_check(threads, seconds): tasks that ran concurrently"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_engine", "bsnn engine binding", -1,

@@ -3,8 +3,9 @@
 :func:`bench_layer` is the body of ``bitsound bench layer --cin 256 --cout 256 --size 32x32
 --kernel 3 [--json]``; :func:`peak_xor_popcount` measures the machine's XOR+popcount throughput
 (the ceiling a binary convolution can reach); :func:`bench_model` times a whole model per clip.
+:func:`bench_threads` measures the throughput of a batch of examples on 1, 2, ... threads.
 ``benchmarks/bench_engine.py`` prints the tables. Times are the minimum over repeats (the least
-disturbed run), both sides measured back to back, one thread each.
+disturbed run), both sides measured back to back, one thread each unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _conv_graph(cin, cout, h, w, k, out_mode) -> bytes:
 
 
 def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa: str = "auto",
-                budget: float = 1.0, peak: dict | None = None) -> dict[str, Any]:
+                bconv: str = "auto", budget: float = 1.0, peak: dict | None = None) -> dict[str, Any]:
     """Time the engine's binary conv against torch fp32 ``conv2d`` of the same shape.
 
     Parameters
@@ -104,9 +105,13 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
     kernel : int
         Square kernel size.
     threads : int
-        Threads for each side; the engine runs one thread, so only 1 is accepted.
+        Threads of each side: torch's intra-op threads, the engine's pool (the conv's blocks of
+        output pixels split over it).
     isa : str
         Engine instruction set (``auto`` = fastest available).
+    bconv : {"auto", "word", "serial", "slice"}
+        The engine's binary conv form (where the layer allows it; ``form`` in the result says
+        which ran).
     budget : float
         Seconds spent timing each side (the minimum over the runs is reported).
     peak : dict, optional
@@ -118,12 +123,11 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
         ``torch_ms``, ``engine_ms`` (binary conv with thresholded bit output, the form binary
         layers run in a model), ``engine_float_out_ms`` (scale + bias float output),
         ``pack_ms`` (binarizing the float input), ``speedup`` (torch / engine), ``macs``,
-        ``engine_macs_per_s``, ``torch_macs_per_s``, ``peak_macs_per_s``, ``fraction_of_peak``,
-        and the configuration.
+        ``engine_macs_per_s``, ``torch_macs_per_s``, ``peak_macs_per_s``, ``fraction_of_peak``
+        (of one thread's peak), ``form``, and the configuration.
     """
-    if threads != 1:
-        raise ConfigError(f"the engine runs one thread; bench layer compares one thread each, got "
-                          f"threads={threads}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= engine.MAX_THREADS:
+        raise ConfigError(f"threads must be an integer in [1, {engine.MAX_THREADS}], got {threads!r}")
     h, w = parse_size(size)
     for name, v in (("cin", cin), ("cout", cout), ("kernel", kernel)):
         if not isinstance(v, int) or v < 1:
@@ -140,8 +144,9 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
     finally:
         torch.set_num_threads(old_threads)
     feats = x[0].numpy()
-    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, "bits"), isa=isa)
-    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, "float"), isa=isa)
+    opts = {"isa": isa, "threads": threads, "bconv": bconv}
+    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, "bits"), **opts)
+    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, "float"), **opts)
     reps = max(3, min(1000, int(budget / max(t_torch / 10, 1e-6))))
     t_bits = min(e_bits.time_op(feats, 2, repeats=reps))
     t_float = min(e_float.time_op(feats, 2, repeats=reps))
@@ -151,6 +156,7 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
     rate = macs / t_bits
     return {
         "cin": cin, "cout": cout, "size": [h, w], "kernel": kernel, "threads": threads, "isa": e_bits.isa,
+        "form": e_bits.forms[2], "float_out_form": e_float.forms[2],
         "macs": macs, "torch_ms": t_torch * 1e3, "engine_ms": t_bits * 1e3,
         "engine_float_out_ms": t_float * 1e3,
         "pack_ms": t_pack * 1e3, "speedup": t_torch / t_bits, "speedup_float_out": t_torch / t_float,
@@ -203,6 +209,40 @@ def bench_model(model, *, isa: str = "auto", clips: int = 20, budget: float = 1.
             "speedup": t_torch / t_eng, "speedup_with_frontend": (t_front + t_torch) / (t_front + t_eng)}
 
 
+def bench_threads(data: bytes, *, threads=(1, 2), isa: str = "auto", batch: int = 64,
+                  budget: float = 1.0) -> list[dict[str, Any]]:
+    """Throughput of the engine on a batch of examples, per number of threads.
+
+    Parameters
+    ----------
+    data : bytes
+        A ``.bsnn`` model.
+    threads : sequence of int
+        Thread counts to measure (the first is the baseline of ``scaling``).
+    batch : int
+        Examples per :meth:`Engine.predict` call (random features; speed hardly depends on them).
+
+    Returns
+    -------
+    list of dict
+        Per thread count: ``threads``, ``batch_ms``, ``examples_per_s``, ``scaling`` (throughput
+        over the first count's), ``identical`` (the logits equal the first count's bit for bit).
+    """
+    rows, base, first = [], None, None
+    shape = engine.loads(data, isa=isa).feature_shape
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    for n in threads:
+        e = engine.loads(data, isa=isa, threads=int(n))
+        out = e.predict(x)
+        t = _min_time(lambda e=e: e.predict(x), budget=budget)
+        if base is None:
+            base, first = t, out
+        rows.append({"threads": int(n), "isa": e.isa, "batch": batch, "batch_ms": t * 1e3,
+                     "examples_per_s": batch / t, "scaling": base / t,
+                     "identical": bool(np.array_equal(out, first))})
+    return rows
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -213,4 +253,4 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-__all__ = ["bench_layer", "bench_model", "parse_size", "peak_xor_popcount"]
+__all__ = ["bench_layer", "bench_model", "bench_threads", "parse_size", "peak_xor_popcount"]

@@ -29,7 +29,9 @@
 #define BSNN_MAGIC_LEN 8
 
 /* limits that keep a hostile file from asking for absurd work or memory */
-#define BS_MAX_DIM 65536           /* h, w, c, kernel, stride, padding, dilation */
+#define BS_MAX_DIM 65536           /* channels, groups, dense outputs */
+#define BS_MAX_LEN (1 << 24)       /* h, w, kernel, stride, padding, dilation: a 10-s binaural
+                                    * waveform at 18 kHz is a map 180,000 samples wide */
 #define BS_MAX_ELEMS (1u << 26)    /* elements of one activation tensor */
 #define BS_MAX_ARENA ((size_t)1 << 30)
 #define BS_MAX_RECORDS 100000
@@ -87,12 +89,46 @@ typedef struct {
  * Measured on a Zen 3 for the 256 -> 256 3x3 conv on 32x32 (K = 2304): 8 words 1.04 ms, 12 words
  * 0.95 ms, 16 words 0.98 ms, one chunk 1.17 ms */
 #define BS_CHUNK_WORDS 12
-/* idx holds a row's offset in xt in units of 8 bytes (rows of 32 bytes), so that a kernel loads
- * row idx[i] at xt + 8 idx[i] bytes, one addressing mode; hence at most 16383 positions */
-#define BS_ROW_OFFSET(row) ((row) * 4)
+/* idx holds row * 8, so that every row width is one addressing mode away: a kernel loads row
+ * idx[i] at xt + 8 idx[i] bytes (512-bit rows), 4 idx[i] (256-bit) or idx[i] (64-bit), with no
+ * shift; hence at most 8191 positions */
+#define BS_ROW_OFFSET(row) ((row) * 8)
 #define BS_PAD_ROWS 15 /* segments are padded to a multiple of 16 rows (a Harley-Seal step) */
 /* the transposed patches of a pixel block: kwords * 64 rows of 32 bytes and the all-zero row */
 #define BS_XT_BYTES(kwords) (((size_t)(kwords) * 64 + 1) * 32)
+
+/* fused bit-sliced form of a stride-1 binary conv with thresholded bit output (slice.c builds it,
+ * bitslice_body.h runs it, model.c drives it). The input map is transposed once per run into one
+ * bit plane per input channel in raster order (plane bit margin + iy * S + ix is input pixel
+ * (iy, ix), S the input width, 0 outside the input); output position q = oy * S + ox then reads
+ * kernel row (tap t, channel c) at plane c's bit margin + q + shift[t], masked with the tap
+ * column's colmask (0 where ix falls outside the row, which would wrap to the next row), so the
+ * transposed rows of a block of 64 VW positions are shifted loads of the planes and a tap outside
+ * the input reads 0, as a gathered patch. The plan's rows are counted per pair as in bs_bitserial,
+ * and instead of integer counts each channel's threshold rule is evaluated on the bit-sliced
+ * counts (carry chains over P planes) for the interior and for each border class (the set of
+ * taps outside the input, which changes the rule's constant) present in the block, giving the
+ * channel's output bits of all positions at once; 64 x 64 bit transposes make the output words. */
+typedef struct {
+    int32_t S;              /* plane row stride: the input width (>= the output width) */
+    int32_t margin;         /* plane bits before position 0: a multiple of 64, >= -min(shift) */
+    int32_t nwp;            /* words per plane (a multiple of 8) */
+    int32_t P;              /* planes of the signed compare: 2^(P-1) >= 2K + 1 */
+    int32_t LX;             /* planes of the per-position input popcount X (>= 6, 2^LX > K) */
+    int32_t *shift;         /* [kh * kw] plane offset of each tap */
+    uint16_t *all;          /* every kernel row of each chunk (row offsets, padded like a segment) */
+    uint32_t *all_start;    /* [nchunks + 1] */
+    int32_t nmw;            /* words of a position mask: positions [0, ho * S) rounded up to 512 */
+    uint64_t *colmask;      /* [kw][nmw] positions whose tap column kx lies inside the input row */
+    int32_t nclass;         /* border classes (class 0, the interior, not counted) */
+    uint64_t *clsmask;      /* [nclass][nmw] the output positions of each border class */
+    int32_t *kc;            /* [nclass + 1][cout] each channel's constant 1 - t (see slice.c) */
+    uint8_t *inv;           /* [cout] 1: -1 out where R >= t, 0: where R < t */
+} bs_slice;
+
+/* binary conv forms (bs_op.form); a form the kernel table lacks runs on the next one down */
+enum { BS_FORM_WORD = 0, BS_FORM_SERIAL = 1, BS_FORM_SLICE = 2 };
+#define BS_SLICE_MAX_VW 8 /* the widest slice kernel's vector: 8 words, blocks of 512 positions */
 
 #define BS_PIXEL_BLOCK 256          /* output pixels gathered per kernel call */
 #define BS_BITSERIAL_MIN_BITS 128   /* smaller kernels stay on the word-parallel path */
@@ -131,6 +167,8 @@ typedef struct {
     int32_t *fsign;        /* 1 - 2 * flip */
     int32_t *wpop;         /* bconv [groups][kh*kw][cout/g]: popcount of the weights of each tap */
     bs_bitserial *bser;    /* bconv: bit-serial plan, or NULL */
+    bs_slice *slc;         /* bconv: fused bit-sliced form (needs bser), or NULL */
+    int32_t form;          /* bconv: BS_FORM_* chosen for the kernel table in use */
 } bs_op;
 
 typedef struct bs_kernels bs_kernels;
@@ -172,6 +210,38 @@ size_t bs_op_scratch_bytes(const bs_op *op);
 size_t bs_bitserial_work_bytes(const bs_op *op);
 int bs_bitserial_build(bs_op *op);
 
+/* ---- the fused bit-sliced form (slice.c) ---- */
+int bs_slice_eligible(const bs_op *op);    /* stride 1, bit output, ungrouped, output rows no wider */
+int bs_slice_build(bs_op *op);             /* BS_OK, BS_ERR_NOMEM, or BS_ERR_UNSUPPORTED: not this op */
+void bs_slice_free(bs_slice *s);
+size_t bs_slice_planes_bytes(const bs_op *op);
+size_t bs_slice_work_bytes(const bs_op *op);
+/* the form a binary conv runs in with kernel table k: forced (BS_FORM_*) where the op allows it,
+ * or -1 for the choice from the shapes */
+int bs_choose_form(const bs_op *op, const bs_kernels *k, int forced);
+/* set every binary conv's form for k (forced as above); returns the number of ops changed */
+int bs_model_set_forms(bs_model *m, const bs_kernels *k, int forced);
+
+/* ---- threads (pool.c): a small pthreads pool; tasks are handed out one at a time ---- */
+typedef struct bs_pool bs_pool;
+typedef void (*bs_task_fn)(void *ctx, int task, int tid);
+/* threads >= 1 (the caller counts as one); scratch_bytes of 64-byte aligned scratch per worker */
+int bs_pool_create(int threads, size_t scratch_bytes, bs_pool **out);
+void bs_pool_free(bs_pool *p);
+int bs_pool_threads(const bs_pool *p);
+/* worker tid's scratch (tid >= 1); tid 0 is the calling thread, which uses its arena's */
+void *bs_pool_scratch(bs_pool *p, int tid);
+/* run fn(ctx, task, tid) for task = 0 .. ntasks - 1 on the pool's threads; returns when all are
+ * done. Calls on one pool are serialized; fn must not call bs_pool_run on the same pool. */
+void bs_pool_run(bs_pool *p, int ntasks, bs_task_fn fn, void *ctx);
+/* per-thread scratch the binary convs of m need when run with a pool (bytes) */
+size_t bs_model_thread_bytes(const bs_model *m);
+/* bs_model_run / bs_run_op with the layers' pixel blocks split over the pool's threads (pool may be
+ * NULL); the results are the same whatever the number of threads */
+void bs_model_run_pool(const bs_model *m, const bs_kernels *k, bs_pool *pool, const float *x, void *arena,
+                       int stop);
+void bs_run_op_pool(const bs_model *m, const bs_kernels *k, bs_pool *pool, int i, void *arena);
+
 /* ---- kernels (one table per instruction set; dispatch.c) ---- */
 struct bs_kernels {
     const char *name;
@@ -189,6 +259,18 @@ struct bs_kernels {
     /* optional: the same popcounts from the bit-serial plan (op->bser) for n >= 128 pixels;
      * work has bs_bitserial_work_bytes(op) bytes, 64-byte aligned */
     void (*bitserial)(const uint64_t *patches, int n, const bs_op *op, int32_t *pop, void *work);
+    /* optional: the fused bit-sliced form (op->slc): slice_planes transposes the input map into
+     * the planes, bitslice writes the interior output words of the block of 64 * slice_words
+     * positions from q0 (a multiple of 64 * slice_words); work has bs_slice_work_bytes(op) bytes */
+    void (*slice_planes)(const bs_op *op, const uint64_t *x, uint64_t *planes);
+    void (*bitslice)(const bs_op *op, const uint64_t *planes, int64_t q0, uint64_t *y, void *work);
+    int slice_words;
+    /* the form choice (bs_choose_form): measured cost models, ns per output channel, of the
+     * word-parallel kernel per pixel (word_cost[0] + word_cost[1] * kwords) and of the slice kernel
+     * per block (slice_cost[0] + slice_cost[1] * K); prefer_serial: without the slice form, the
+     * bit-serial kernel beats the word-parallel one on large layers */
+    float word_cost[2], slice_cost[2];
+    int prefer_serial;
 };
 
 const bs_kernels *bs_kernels_get(const char *isa, int *status);
@@ -208,6 +290,12 @@ void bs_xor_popcount_avx2(const uint64_t *, int, const uint64_t *, int, int, int
 void bs_bitserial_avx2(const uint64_t *, int, const bs_op *, int32_t *, void *);
 void bs_bitserial_avx512(const uint64_t *, int, const bs_op *, int32_t *, void *);
 void bs_bitserial_avx512emu(const uint64_t *, int, const bs_op *, int32_t *, void *);
+void bs_slice_planes_avx2(const bs_op *, const uint64_t *, uint64_t *);
+void bs_bitslice_avx2(const bs_op *, const uint64_t *, int64_t, uint64_t *, void *);
+void bs_slice_planes_avx512(const bs_op *, const uint64_t *, uint64_t *);
+void bs_bitslice_avx512(const bs_op *, const uint64_t *, int64_t, uint64_t *, void *);
+void bs_slice_planes_avx512emu(const bs_op *, const uint64_t *, uint64_t *);
+void bs_bitslice_avx512emu(const bs_op *, const uint64_t *, int64_t, uint64_t *, void *);
 void bs_pack_avx2(const float *, size_t, int, uint64_t *);
 void bs_bits_out_avx2(const int32_t *, int, int32_t, const int32_t *, const int32_t *, uint64_t *);
 void bs_xor_popcount_avx512(const uint64_t *, int, const uint64_t *, int, int, int32_t *);
@@ -218,6 +306,8 @@ void bs_xor_popcount_avx512emu(const uint64_t *, int, const uint64_t *, int, int
 double bs_peak_avx512(double seconds);
 #endif
 double bs_peak_scalar(double seconds);
+void bs_slice_planes_scalar(const bs_op *, const uint64_t *, uint64_t *);
+void bs_bitslice_scalar(const bs_op *, const uint64_t *, int64_t, uint64_t *, void *);
 
 /* plain reference ops (kernels_ref.c): the slow obvious twins the fast paths are tested against */
 void bs_ref_bconv2d(const bs_op *op, const uint64_t *in, void *out);

@@ -1,4 +1,8 @@
-"""Audio in, logits out through the engine: the recipe's Python front end, then the C engine.
+"""Audio in, logits out through the engine: the recipe's front end in C, then the C engine.
+
+The front end is ``engine/frontend.c`` (:mod:`bitsound.engine.frontend`), the same C code the
+generated microcontroller projects compile, so ``bitsound predict --engine`` goes from audio to
+label in C; ``frontend="torch"`` runs the PyTorch front end instead.
 
 :class:`EngineClassifier` mirrors the parts of :class:`bitsound.modelfile.SoundClassifier` that
 :func:`bitsound.experiment.predict_files` uses (``recipe``, ``labels``, calling it on a batch of
@@ -17,14 +21,18 @@ import torch
 from bitsound.engine import Engine, EngineFileError, load
 from bitsound.errors import DataError
 
+FRONTENDS = ("c", "torch")
+
 
 class EngineClassifier:
-    """Front end (PyTorch, CPU) + engine.
+    """Front end (C, or PyTorch on the CPU) + engine.
 
     Parameters
     ----------
     engine : Engine
         A model exported from a :class:`SoundClassifier` (its metadata holds the recipe).
+    frontend : {"c", "torch"}
+        The recipe's front end in C (``engine/frontend.c``, default) or in PyTorch.
 
     Attributes
     ----------
@@ -34,9 +42,14 @@ class EngineClassifier:
     engine : Engine
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, frontend: str = "c"):
         from bitsound.audio.features import build_frontend
         from bitsound.config import parse_recipe
+        from bitsound.engine.frontend import frontend_spec
+        from bitsound.errors import ConfigError
+
+        if frontend not in FRONTENDS:
+            raise ConfigError(f"frontend must be one of {', '.join(FRONTENDS)}, got {frontend!r}")
 
         if "recipe" not in engine.meta or not engine.labels:
             raise EngineFileError(6, "out_of_range", "the file has no recipe/labels metadata; export it "
@@ -45,12 +58,24 @@ class EngineClassifier:
         self.recipe = parse_recipe(engine.meta["recipe"], source=f"metadata of '{engine.path or '<bytes>'}'")
         self.labels = list(engine.labels)
         self.frontend = build_frontend(self.recipe.frontend, sample_rate=self.recipe.audio.sample_rate).eval()
+        self.frontend_kind = frontend
+        self.frontend_spec = frontend_spec(self.recipe) if frontend == "c" else None
 
     def features(self, wave: torch.Tensor) -> np.ndarray:
         """wave : Tensor [shape=(batch, channels, samples)] -> features [shape=(batch, *feature_shape)]"""
-        with torch.no_grad():
-            f = self.frontend(torch.as_tensor(wave, dtype=torch.float32))
-        f = f.cpu().numpy()
+        spec = self.frontend_spec
+        if spec is not None:
+            from bitsound.engine.frontend import run
+
+            x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+            want = (spec.ints["n_channels"], spec.n_samples)
+            if x.ndim != 3 or x.shape[1:] != want:
+                raise DataError(f"the C front end takes windows of shape (batch, {want[0]}, {want[1]}), got "
+                                f"{tuple(x.shape)}: the windows must be as long as the recipe's segment")
+            f = run(spec, x)
+        else:
+            with torch.no_grad():
+                f = self.frontend(torch.as_tensor(wave, dtype=torch.float32)).cpu().numpy()
         if f.shape[1:] != self.engine.feature_shape:
             raise DataError(f"the front end gives features of shape {f.shape[1:]}, the engine model "
                             f"takes {self.engine.feature_shape}: the windows must be as long as the "
@@ -62,9 +87,15 @@ class EngineClassifier:
         return torch.from_numpy(self.engine.predict(self.features(wave)))
 
 
-def load_classifier(path: str | Path, *, isa: str = "auto") -> EngineClassifier:
-    """Load a ``.bsnn`` file exported from a trained model as an audio classifier."""
-    return EngineClassifier(load(path, isa=isa))
+def load_classifier(path: str | Path, *, isa: str = "auto", threads: int = 1,
+                    frontend: str = "c") -> EngineClassifier:
+    """Load a ``.bsnn`` file exported from a trained model as an audio classifier.
+
+    ``threads``: engine threads (see :func:`bitsound.engine.load`); the windows of a file go to the
+    engine as one batch, split over the threads by window. ``frontend``: ``"c"`` (default) or
+    ``"torch"`` (see :class:`EngineClassifier`).
+    """
+    return EngineClassifier(load(path, isa=isa, threads=threads), frontend=frontend)
 
 
 __all__ = ["EngineClassifier", "load_classifier"]

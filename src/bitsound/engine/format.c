@@ -176,14 +176,20 @@ static int32_t *rd_i32_array(rd_t *r, size_t n) {
     return a;
 }
 
-static int check_dim(rd_t *r, const char *name, int32_t v, int32_t lo) {
+static int check_range(rd_t *r, const char *name, int32_t v, int32_t lo, int32_t hi) {
     if (r->err) return 0;
-    if (v < lo || v > BS_MAX_DIM) {
-        fail(r, BS_ERR_RANGE, "%s = %d is outside [%d, %d]", name, v, lo, BS_MAX_DIM);
+    if (v < lo || v > hi) {
+        fail(r, BS_ERR_RANGE, "%s = %d is outside [%d, %d]", name, v, lo, hi);
         return 0;
     }
     return 1;
 }
+
+/* channel-like counts */
+static int check_dim(rd_t *r, const char *name, int32_t v, int32_t lo) { return check_range(r, name, v, lo, BS_MAX_DIM); }
+
+/* spatial lengths and window geometry */
+static int check_len(rd_t *r, const char *name, int32_t v, int32_t lo) { return check_range(r, name, v, lo, BS_MAX_LEN); }
 
 static int shape_ok(rd_t *r, bs_shape s) {
     size_t n;
@@ -241,7 +247,7 @@ static int want_dtype(rd_t *r, bs_shape s, int d1, int d2) {
 
 static int conv_out(rd_t *r, int32_t in, int32_t k, int32_t s, int32_t p0, int32_t p1, int32_t d,
                     int32_t *out, const char *axis) {
-    /* all values are <= BS_MAX_DIM, so int64 cannot overflow */
+    /* all values are <= BS_MAX_LEN, so int64 cannot overflow */
     int64_t span = (int64_t)d * (k - 1) + 1;
     int64_t padded = (int64_t)in + p0 + p1;
     if (padded < span) {
@@ -250,7 +256,7 @@ static int conv_out(rd_t *r, int32_t in, int32_t k, int32_t s, int32_t p0, int32
         return 0;
     }
     int64_t o = (padded - span) / s + 1;
-    if (o < 1 || o > BS_MAX_DIM) {
+    if (o < 1 || o > BS_MAX_LEN) {
         fail(r, BS_ERR_RANGE, "output %s size %lld is out of range", axis, (long long)o);
         return 0;
     }
@@ -259,11 +265,17 @@ static int conv_out(rd_t *r, int32_t in, int32_t k, int32_t s, int32_t p0, int32
 }
 
 static int geom_ok(rd_t *r, const bs_geom *g) {
-    return check_dim(r, "kernel height", g->kh, 1) && check_dim(r, "kernel width", g->kw, 1) &&
-           check_dim(r, "stride", g->sh, 1) && check_dim(r, "stride", g->sw, 1) &&
-           check_dim(r, "padding", g->pt, 0) && check_dim(r, "padding", g->pl, 0) &&
-           check_dim(r, "padding", g->pb, 0) && check_dim(r, "padding", g->pr, 0) &&
-           check_dim(r, "dilation", g->dh, 1) && check_dim(r, "dilation", g->dw, 1);
+    if (!(check_len(r, "kernel height", g->kh, 1) && check_len(r, "kernel width", g->kw, 1) &&
+          check_len(r, "stride", g->sh, 1) && check_len(r, "stride", g->sw, 1) &&
+          check_len(r, "padding", g->pt, 0) && check_len(r, "padding", g->pl, 0) &&
+          check_len(r, "padding", g->pb, 0) && check_len(r, "padding", g->pr, 0) &&
+          check_len(r, "dilation", g->dh, 1) && check_len(r, "dilation", g->dw, 1)))
+        return 0;
+    if ((size_t)g->kh * (size_t)g->kw > BS_MAX_ELEMS) {
+        fail(r, BS_ERR_RANGE, "kernel of %d x %d taps", g->kh, g->kw);
+        return 0;
+    }
+    return 1;
 }
 
 /* kh kw sh sw pt pl pb pr dh dw */
@@ -582,9 +594,9 @@ static void parse_pool(rd_t *r, bs_op *op, bs_shape si, bs_shape *so) {
     g->dh = g->dw = 1;
     op->mode = rd_i32(r); /* ceil_mode */
     if (avg) op->aux = rd_i32(r); /* count_include_pad */
-    if (!check_dim(r, "pool height", g->kh, 1) || !check_dim(r, "pool width", g->kw, 1) ||
-        !check_dim(r, "pool stride", g->sh, 1) || !check_dim(r, "pool stride", g->sw, 1) ||
-        !check_dim(r, "pool padding", g->pt, 0) || !check_dim(r, "pool padding", g->pl, 0))
+    if (!check_len(r, "pool height", g->kh, 1) || !check_len(r, "pool width", g->kw, 1) ||
+        !check_len(r, "pool stride", g->sh, 1) || !check_len(r, "pool stride", g->sw, 1) ||
+        !check_len(r, "pool padding", g->pt, 0) || !check_len(r, "pool padding", g->pl, 0))
         return;
     if (!want_dtype(r, si, BS_F32, avg ? 0 : BS_BITS)) return;
     if (is_1d(op->type) && si.h != 1) { fail(r, BS_ERR_GRAPH, "a 1-D pool needs a [1][t][c] input, got height %d", si.h); return; }
@@ -671,8 +683,8 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
         int32_t rank = rd_i32(r), c = rd_i32(r), h = rd_i32(r), w = rd_i32(r);
         if (r->err) return;
         if (rank != 1 && rank != 2) { fail(r, BS_ERR_RANGE, "input rank %d is not 1 or 2", rank); return; }
-        if (!check_dim(r, "input channels", c, 1) || !check_dim(r, "input height", h, 1) ||
-            !check_dim(r, "input width", w, 1))
+        if (!check_dim(r, "input channels", c, 1) || !check_len(r, "input height", h, 1) ||
+            !check_len(r, "input width", w, 1))
             return;
         if (rank == 1 && h != 1) { fail(r, BS_ERR_RANGE, "a rank-1 input needs height 1, got %d", h); return; }
         if (m->input_slot >= 0) { fail(r, BS_ERR_GRAPH, "a second input record"); return; }
@@ -821,7 +833,8 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
             }
         so = si;
         int64_t total = (int64_t)dim_of(si, op->aux) + dim_of(op->s1, op->aux);
-        if (total > BS_MAX_DIM) { fail(r, BS_ERR_RANGE, "concatenated size %lld exceeds %d", (long long)total, BS_MAX_DIM); return; }
+        int32_t limit = op->aux == BS_AXIS_C ? BS_MAX_DIM : BS_MAX_LEN;
+        if (total > limit) { fail(r, BS_ERR_RANGE, "concatenated size %lld exceeds %d", (long long)total, limit); return; }
         set_dim(&so, op->aux, (int32_t)total);
         break;
     }
@@ -920,7 +933,7 @@ static uint64_t listed_word(const uint64_t *wa, const uint64_t *wb, int sa, int 
 }
 
 /* the bit-serial plan of a binary conv (see bs_bitserial in bsnn.h); BS_OK, BS_ERR_NOMEM, or
- * BS_ERR_RANGE for kernels of 16384 bits or more or plans beyond BS_MAX_PLAN_ENTRIES.
+ * BS_ERR_RANGE for kernels of 8192 bits or more (BS_ROW_OFFSET) or plans beyond BS_MAX_PLAN_ENTRIES.
  * Channels go in pairs (a, b): each lists its w = 1 or its w = 0 positions, the pair of choices
  * that lists the fewest positions in all, and the positions both list are stored once. The
  * positions are stored chunk by chunk (equal chunks of at most BS_CHUNK_WORDS words of the
@@ -1000,6 +1013,7 @@ int bs_bitserial_build(bs_op *op) {
 
 static void free_op(bs_op *op) {
     free_bitserial(op->bser);
+    bs_slice_free(op->slc);
     free(op->wf);
     free(op->wscale);
     free(op->wq);
@@ -1146,13 +1160,21 @@ int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, si
         int binary = op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D;
         if (binary && op->groups == 1) {
             size_t kbits = (size_t)op->g.kh * op->g.kw * op->cin;
-            if (kbits >= BS_BITSERIAL_MIN_BITS &&
-                (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS && bs_bitserial_build(op) != BS_OK) {
+            /* the plan of the bit-serial form, which the slice form runs on too (at any size) */
+            if (((kbits >= BS_BITSERIAL_MIN_BITS && (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS) ||
+                 bs_slice_eligible(op)) && bs_bitserial_build(op) != BS_OK) {
                 /* the plan only speeds things up: without one (too large, no memory) the op runs
                  * on the word-parallel kernels */
                 free_bitserial(op->bser);
                 op->bser = NULL;
             }
+            /* the fused form, where the op allows it (stride 1, bits out); likewise optional */
+            if (op->bser && bs_slice_build(op) != BS_OK) {
+                bs_slice_free(op->slc);
+                op->slc = NULL;
+            }
+            int kst;
+            op->form = bs_choose_form(op, bs_kernels_get("auto", &kst), -1);
         }
         size_t need_b = bs_op_scratch_bytes(op);
         if (need_b > scratch) scratch = need_b;

@@ -345,7 +345,42 @@ T_AVX2 static inline __m256i ternlog_emu(__m256i a, __m256i b, __m256i c, int im
 #undef BITSERIAL_ATTR
 #undef CSA
 
-#define CSA CSA_AVX2 /* the AVX2 full adder again, for the peak microbenchmark */
+#define CSA CSA_AVX2 /* the AVX2 full adder again, for the fused form and the peak microbenchmark */
+
+/* ---- the fused bit-sliced form (bitslice_body.h) on 256-bit rows: blocks of 256 positions ---- */
+#define VW 4
+#define BSV __m256i
+#define BSL_ATTR T_AVX2
+#define BSL(n) bsl256_##n
+#define BSL_PLANES bs_slice_planes_avx2
+#define BSL_BLOCK bs_bitslice_avx2
+#define V_LOAD(p) _mm256_load_si256((const __m256i *)(p))
+#define V_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
+#define V_STORE(p, v) _mm256_store_si256((__m256i *)(p), v)
+#define V_STOREU(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define V_ZERO() _mm256_setzero_si256()
+#define V_ONES() _mm256_set1_epi64x(-1)
+#define V_SET1(u) _mm256_set1_epi64x((long long)(u))
+#define V_XOR(a, b) _mm256_xor_si256(a, b)
+#define V_AND(a, b) _mm256_and_si256(a, b)
+#define V_OR(a, b) _mm256_or_si256(a, b)
+#define V_NOT(a) _mm256_xor_si256(a, _mm256_set1_epi64x(-1))
+#define V_XOR3(a, b, c) _mm256_xor_si256(_mm256_xor_si256(a, b), c)
+#define V_MAJ(a, b, c) _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(c, _mm256_or_si256(a, b)))
+#define V_ORAND(a, b, m) _mm256_and_si256(_mm256_or_si256(a, b), m)
+#define V_SELECT(m, a, b) _mm256_or_si256(_mm256_and_si256(m, a), _mm256_andnot_si256(m, b))
+#define V_SRLV(v, n) _mm256_srl_epi64(v, _mm_cvtsi32_si128(n))
+#define V_SLLV(v, n) _mm256_sll_epi64(v, _mm_cvtsi32_si128(n))
+#define V_SRLI(v, s) _mm256_srli_epi64(v, s)
+#define V_SLLI(v, s) _mm256_slli_epi64(v, s)
+#define V_NONZERO(v) (!_mm256_testz_si256(v, v))
+#include "bitslice_body.h"
+#undef VW
+#undef BSV
+#undef BSL_ATTR
+#undef BSL
+#undef BSL_PLANES
+#undef BSL_BLOCK
 /* sign bits of 8 floats at a time: movemask of (x < 0); NaN compares false -> bit 0 (+1) */
 T_AVX2 void bs_pack_avx2(const float *x, size_t npix, int c, uint64_t *bits) {
     int nw = (c + 63) / 64;

@@ -97,6 +97,90 @@ T_512 void XOR_POPCOUNT_512(const uint64_t *patches, int n, const uint64_t *w, i
     }
 }
 
+/* ---- the fused bit-sliced form (bitslice_body.h) on 512-bit rows: blocks of 512 positions, the
+ * full adder in two vpternlogq (0x96: a ^ b ^ c, 0xE8: majority), the masked funnel shift's
+ * (a | b) & m in one (0xA8), a bit select in one (0xCA) ---- */
+#define VW 8
+#define BSL_TREE16 1 /* 32 vector registers: the Wallace-tree step of 16 rows (bitslice_body.h) */
+#ifdef BS_AVX512_EMULATE
+/* vpternlogq from its truth table (result bit = imm8[a << 2 | b << 1 | c]), so that the tests check
+ * the immediates on machines without AVX-512 */
+static inline v512 ternlog_emu(v512 a, v512 b, v512 c, int imm) {
+    v512 r = VZERO();
+    for (int i = 0; i < 8; i++)
+        if ((imm >> i) & 1)
+            for (int w = 0; w < 8; w++)
+                r.q[w] |= ((i & 4) ? a.q[w] : ~a.q[w]) & ((i & 2) ? b.q[w] : ~b.q[w]) & ((i & 1) ? c.q[w] : ~c.q[w]);
+    return r;
+}
+static inline v512 v_and(v512 a, v512 b) { for (int i = 0; i < 8; i++) a.q[i] &= b.q[i]; return a; }
+static inline v512 v_or(v512 a, v512 b) { for (int i = 0; i < 8; i++) a.q[i] |= b.q[i]; return a; }
+static inline v512 v_set1(uint64_t u) { v512 r; for (int i = 0; i < 8; i++) r.q[i] = u; return r; }
+static inline v512 v_srl(v512 a, int n) { for (int i = 0; i < 8; i++) a.q[i] = n >= 64 ? 0 : a.q[i] >> n; return a; }
+static inline v512 v_sll(v512 a, int n) { for (int i = 0; i < 8; i++) a.q[i] = n >= 64 ? 0 : a.q[i] << n; return a; }
+static inline int v_nonzero(v512 a) { uint64_t o = 0; for (int i = 0; i < 8; i++) o |= a.q[i]; return o != 0; }
+static inline void v_store(uint64_t *p, v512 v) { memcpy(p, v.q, 64); }
+#define BSV v512
+#define BSL_ATTR
+#define BSL(n) bsl512emu_##n
+#define BSL_PLANES bs_slice_planes_avx512emu
+#define BSL_BLOCK bs_bitslice_avx512emu
+#define V_LOAD(p) VLOAD(p)
+#define V_LOADU(p) VLOAD(p)
+#define V_STORE(p, v) v_store(p, v)
+#define V_STOREU(p, v) v_store(p, v)
+#define V_ZERO() VZERO()
+#define V_ONES() v_set1(~0ull)
+#define V_SET1(u) v_set1(u)
+#define V_XOR(a, b) VXOR(a, b)
+#define V_AND(a, b) v_and(a, b)
+#define V_OR(a, b) v_or(a, b)
+#define V_NOT(a) ternlog_emu(a, a, a, 0x55)
+#define V_XOR3(a, b, c) ternlog_emu(a, b, c, 0x96)
+#define V_MAJ(a, b, c) ternlog_emu(a, b, c, 0xE8)
+#define V_ORAND(a, b, m) ternlog_emu(a, b, m, 0xA8)
+#define V_SELECT(m, a, b) ternlog_emu(m, a, b, 0xCA)
+#define V_SRLV(v, n) v_srl(v, n)
+#define V_SLLV(v, n) v_sll(v, n)
+#define V_SRLI(v, s) v_srl(v, s)
+#define V_SLLI(v, s) v_sll(v, s)
+#define V_NONZERO(v) v_nonzero(v)
+#else
+#define BSV __m512i
+#define BSL_ATTR T_512
+#define BSL(n) bsl512_##n
+#define BSL_PLANES bs_slice_planes_avx512
+#define BSL_BLOCK bs_bitslice_avx512
+#define V_LOAD(p) _mm512_load_si512((const void *)(p))
+#define V_LOADU(p) _mm512_loadu_si512((const void *)(p))
+#define V_STORE(p, v) _mm512_store_si512((void *)(p), v)
+#define V_STOREU(p, v) _mm512_storeu_si512((void *)(p), v)
+#define V_ZERO() _mm512_setzero_si512()
+#define V_ONES() _mm512_set1_epi64(-1)
+#define V_SET1(u) _mm512_set1_epi64((long long)(u))
+#define V_XOR(a, b) _mm512_xor_si512(a, b)
+#define V_AND(a, b) _mm512_and_si512(a, b)
+#define V_OR(a, b) _mm512_or_si512(a, b)
+#define V_NOT(a) _mm512_ternarylogic_epi64(a, a, a, 0x55)
+#define V_XOR3(a, b, c) _mm512_ternarylogic_epi64(a, b, c, 0x96)
+#define V_MAJ(a, b, c) _mm512_ternarylogic_epi64(a, b, c, 0xE8)
+#define V_ORAND(a, b, m) _mm512_ternarylogic_epi64(a, b, m, 0xA8)
+#define V_SELECT(m, a, b) _mm512_ternarylogic_epi64(m, a, b, 0xCA)
+#define V_SRLV(v, n) _mm512_srl_epi64(v, _mm_cvtsi32_si128(n))
+#define V_SLLV(v, n) _mm512_sll_epi64(v, _mm_cvtsi32_si128(n))
+#define V_SRLI(v, s) _mm512_srli_epi64(v, s)
+#define V_SLLI(v, s) _mm512_slli_epi64(v, s)
+#define V_NONZERO(v) (_mm512_test_epi64_mask(v, v) != 0)
+#endif
+#include "bitslice_body.h"
+#undef BSL_TREE16
+#undef VW
+#undef BSV
+#undef BSL_ATTR
+#undef BSL
+#undef BSL_PLANES
+#undef BSL_BLOCK
+
 #ifndef BS_AVX512_EMULATE
 /* peak: xor + vpopcntq + vpaddq on L1-resident data, 4 independent accumulators */
 enum { PN = 512 };

@@ -68,7 +68,8 @@ static float conv_weight(const bs_op *op, int32_t o, size_t t, int32_t c) {
     return op->wf[(((size_t)grp * taps + t) * cg + (size_t)c) * cog + (size_t)(o % cog)];
 }
 
-/* float conv, one output at a time, summing taps then channels in double (the fast path's order) */
+/* float conv, one output at a time, summing taps then channels in double (the fast path's order;
+ * 1-bit weights of an ungrouped conv: in float, as model.c's conv_sign) */
 void bs_ref_conv2d(const bs_op *op, const float *in, float *out) {
     const bs_geom *g = &op->g;
     bs_shape si = op->s0, so = op->so;
@@ -76,7 +77,11 @@ void bs_ref_conv2d(const bs_op *op, const float *in, float *out) {
     for (int32_t oy = 0; oy < so.h; oy++)
         for (int32_t ox = 0; ox < so.w; ox++)
             for (int32_t o = 0; o < op->cout; o++) {
+                /* 1-bit weights of an ungrouped conv sum +-x in float, tap by tap, channel by
+                 * channel: the arithmetic of the sign-select-and-add kernel (model.c conv_sign) */
+                const int sign_sum = op->wscale && op->groups == 1;
                 double acc = 0.0;
+                float acc_f = 0.0f;
                 int32_t c0 = (o / cog) * cg;
                 for (int32_t ky = 0; ky < g->kh; ky++)
                     for (int32_t kx = 0; kx < g->kw; kx++) {
@@ -84,10 +89,16 @@ void bs_ref_conv2d(const bs_op *op, const float *in, float *out) {
                         int64_t ix = (int64_t)ox * g->sw - g->pl + (int64_t)kx * g->dw;
                         if (iy < 0 || iy >= si.h || ix < 0 || ix >= si.w) continue;
                         const float *px = in + ((size_t)iy * si.w + (size_t)ix) * op->cin;
-                        for (int32_t c = 0; c < cg; c++)
-                            acc += (double)px[c0 + c] * (double)conv_weight(op, o, (size_t)ky * g->kw + kx, c);
+                        for (int32_t c = 0; c < cg; c++) {
+                            float w = conv_weight(op, o, (size_t)ky * g->kw + kx, c);
+                            if (sign_sum)
+                                acc_f += w < 0 ? -px[c0 + c] : px[c0 + c];
+                            else
+                                acc += (double)px[c0 + c] * (double)w;
+                        }
                     }
-                out[((size_t)oy * so.w + ox) * op->cout + o] = bs_conv_finish(op, o, acc);
+                out[((size_t)oy * so.w + ox) * op->cout + o] =
+                    bs_conv_finish(op, o, sign_sum ? (double)acc_f : acc);
             }
 }
 

@@ -92,7 +92,7 @@ static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
 /* add the listed rows of xt to the bit-sliced per-pixel counters (ripple carry) */
 static void add_rows(uint64_t *planes, int L, const uint64_t *xt, const uint16_t *idx, uint32_t m) {
     for (uint32_t i = 0; i < m; i++) {
-        const uint64_t *v = xt + idx[i]; /* BS_ROW_OFFSET: 4 words a row */
+        const uint64_t *v = xt + idx[i] / 2; /* BS_ROW_OFFSET: row * 8; 4 words a row */
         for (int q = 0; q < 4; q++) {
             uint64_t carry = v[q];
             for (int l = 0; l < L && carry; l++) {
@@ -139,6 +139,35 @@ void bs_bitserial_scalar(const uint64_t *patches, int n, const bs_op *op, int32_
         }
     }
 }
+
+/* ---- the fused bit-sliced form (bitslice_body.h) in portable C: 64-bit rows, blocks of 64 ---- */
+#define VW 1
+#define BSV uint64_t
+#define BSL_ATTR
+#define BSL(n) bsl64_##n
+#define BSL_PLANES bs_slice_planes_scalar
+#define BSL_BLOCK bs_bitslice_scalar
+#define V_LOAD(p) (*(const uint64_t *)(p))
+#define V_LOADU(p) (*(const uint64_t *)(p))
+#define V_STORE(p, v) (*(uint64_t *)(p) = (v))
+#define V_STOREU(p, v) (*(uint64_t *)(p) = (v))
+#define V_ZERO() ((uint64_t)0)
+#define V_ONES() (~(uint64_t)0)
+#define V_SET1(u) ((uint64_t)(u))
+#define V_XOR(a, b) ((a) ^ (b))
+#define V_AND(a, b) ((a) & (b))
+#define V_OR(a, b) ((a) | (b))
+#define V_NOT(a) (~(a))
+#define V_XOR3(a, b, c) ((a) ^ (b) ^ (c))
+#define V_MAJ(a, b, c) (((a) & (b)) | ((c) & ((a) | (b))))
+#define V_ORAND(a, b, m) (((a) | (b)) & (m))
+#define V_SELECT(m, a, b) (((m) & (a)) | (~(m) & (b)))
+#define V_SRLV(v, n) ((n) >= 64 ? (uint64_t)0 : (v) >> (n))
+#define V_SLLV(v, n) ((n) >= 64 ? (uint64_t)0 : (v) << (n))
+#define V_SRLI(v, s) ((v) >> (s))
+#define V_SLLI(v, s) ((v) << (s))
+#define V_NONZERO(v) ((v) != 0)
+#include "bitslice_body.h"
 
 /* xor+popcount throughput of this path on L1-resident data, in bit operations per second */
 double bs_peak_scalar(double seconds) {

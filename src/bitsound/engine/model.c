@@ -172,9 +172,125 @@ BS_CLONES static void conv_depthwise(const bs_op *op, const float *x, float *y, 
         }
 }
 
+/* ---- 1-bit weights on float inputs: sign-select and add ----
+ * McDonnell's one-bit-per-weight layers (seed 002): y[o] = scale[o] * sum x[c] * s[o][c] with
+ * s = +-1. No multiplication per tap: each input's sign bit is flipped where the weight is -1 (an
+ * XOR with the weight's sign mask) and the result added. The masks, [cout/16][kh][kw][cin][16]
+ * words (0 or the float sign bit; outputs past cout get 0), are built from the +-1 weights into
+ * scratch at each call (one pass over the weights). Blocks of BS_SIGN_PIX output pixels of a row
+ * share each mask load, and 16 outputs of each pixel accumulate in floats held in registers
+ * (GCC/Clang vector types; plain loops elsewhere); a tap in the zero padding reads a row of zeros,
+ * which adds exactly 0. Every lane adds its terms in the same order (tap by tap, channel by
+ * channel) in every clone and in the reference kernel (kernels_ref.c, one output at a time), so
+ * every instruction set gives the same bits. Grouped 1-bit convs take the double path below. */
+#define BS_SIGN_PIX 6
+#define BS_SIGN_LANES 16
+
+static size_t sign_conv_scratch_bytes(const bs_op *op) {
+    size_t chunks = ((size_t)op->cout + BS_SIGN_LANES - 1) / BS_SIGN_LANES;
+    size_t masks = chunks * op->g.kh * op->g.kw * (size_t)op->cin * BS_SIGN_LANES * 4;
+    return (masks + 63) / 64 * 64 + ((size_t)op->cin * 4 + 63) / 64 * 64;
+}
+
+#if defined(__GNUC__)
+typedef float bs_v8f __attribute__((vector_size(32)));
+typedef uint32_t bs_v8u __attribute__((vector_size(32)));
+
+/* a[i][0..15] += x_i[c] with the sign of each lane's weight, for c = 0 .. cin - 1 */
+static inline __attribute__((always_inline)) void sign_taps(const float *const *src, const uint32_t *m,
+                                                            int32_t cin, float a[BS_SIGN_PIX][BS_SIGN_LANES]) {
+    bs_v8f acc[BS_SIGN_PIX][2];
+    memcpy(acc, a, sizeof(acc));
+    for (int32_t c = 0; c < cin; c++, m += BS_SIGN_LANES) {
+        bs_v8u m0, m1;
+        memcpy(&m0, m, 32);
+        memcpy(&m1, m + 8, 32);
+        for (int i = 0; i < BS_SIGN_PIX; i++) {
+            uint32_t xb;
+            memcpy(&xb, src[i] + c, 4);
+            const bs_v8u b = (bs_v8u){0} + xb;
+            acc[i][0] += (bs_v8f)(b ^ m0);
+            acc[i][1] += (bs_v8f)(b ^ m1);
+        }
+    }
+    memcpy(a, acc, sizeof(acc));
+}
+#else
+static void sign_taps(const float *const *src, const uint32_t *m, int32_t cin,
+                      float a[BS_SIGN_PIX][BS_SIGN_LANES]) {
+    for (int32_t c = 0; c < cin; c++, m += BS_SIGN_LANES)
+        for (int i = 0; i < BS_SIGN_PIX; i++) {
+            uint32_t xb;
+            memcpy(&xb, src[i] + c, 4);
+            for (int l = 0; l < BS_SIGN_LANES; l++) {
+                uint32_t u = xb ^ m[l];
+                float v;
+                memcpy(&v, &u, 4);
+                a[i][l] += v;
+            }
+        }
+}
+#endif
+
+BS_CLONES static void conv_sign(const bs_op *op, const float *x, float *y, void *scratch) {
+    const bs_geom *g = &op->g;
+    const bs_shape si = op->s0, so = op->so;
+    const int32_t cin = op->cin, cout = op->cout;
+    const size_t taps = (size_t)g->kh * g->kw, chunks = ((size_t)cout + BS_SIGN_LANES - 1) / BS_SIGN_LANES;
+    uint32_t *mask = (uint32_t *)scratch;
+    float *zeros = (float *)((char *)scratch + sign_conv_scratch_bytes(op) - ((size_t)cin * 4 + 63) / 64 * 64);
+    for (int32_t c = 0; c < cin; c++) zeros[c] = 0.0f;
+    for (size_t k = 0; k < chunks; k++)
+        for (size_t t = 0; t < taps; t++)
+            for (int32_t c = 0; c < cin; c++) {
+                uint32_t *m = mask + ((k * taps + t) * (size_t)cin + (size_t)c) * BS_SIGN_LANES;
+                const float *w = op->wf + (t * (size_t)cin + (size_t)c) * (size_t)cout;
+                for (int l = 0; l < BS_SIGN_LANES; l++) {
+                    size_t o = k * BS_SIGN_LANES + (size_t)l;
+                    m[l] = o < (size_t)cout && w[o] < 0 ? 0x80000000u : 0u;
+                }
+            }
+    for (int32_t oy = 0; oy < so.h; oy++) {
+        const int64_t iy0 = (int64_t)oy * g->sh - g->pt;
+        for (int32_t ox0 = 0; ox0 < so.w; ox0 += BS_SIGN_PIX) {
+            const int n = so.w - ox0 < BS_SIGN_PIX ? so.w - ox0 : BS_SIGN_PIX;
+            for (size_t k = 0; k < chunks; k++) {
+                float a[BS_SIGN_PIX][BS_SIGN_LANES];
+                for (int i = 0; i < BS_SIGN_PIX; i++)
+                    for (int l = 0; l < BS_SIGN_LANES; l++) a[i][l] = 0.0f;
+                for (int32_t ky = 0; ky < g->kh; ky++) {
+                    const int64_t iy = iy0 + (int64_t)ky * g->dh;
+                    if (iy < 0 || iy >= si.h) continue; /* the whole row of taps is padding */
+                    for (int32_t kx = 0; kx < g->kw; kx++) {
+                        const float *src[BS_SIGN_PIX];
+                        for (int i = 0; i < BS_SIGN_PIX; i++) {
+                            const int64_t ix = (int64_t)(ox0 + i) * g->sw - g->pl + (int64_t)kx * g->dw;
+                            src[i] = i < n && ix >= 0 && ix < si.w ? x + ((size_t)iy * si.w + (size_t)ix) * cin : zeros;
+                        }
+                        sign_taps(src, mask + ((k * taps + (size_t)ky * g->kw + kx) * (size_t)cin) * BS_SIGN_LANES,
+                                  cin, a);
+                    }
+                }
+                const int32_t o0 = (int32_t)k * BS_SIGN_LANES;
+                const int32_t no = cout - o0 < BS_SIGN_LANES ? cout - o0 : BS_SIGN_LANES;
+                for (int i = 0; i < n; i++) {
+                    float *dst = y + ((size_t)oy * so.w + (size_t)(ox0 + i)) * cout + o0;
+                    for (int32_t o = 0; o < no; o++) /* bs_conv_finish, with a float sum */
+                        dst[o] = a[i][o] * op->wscale[o0 + o] + (op->bias ? op->bias[o0 + o] : 0.0f);
+                }
+            }
+        }
+    }
+}
+
 /* float convolution (grouped; 1-D as 1 x k); weights [g][kh][kw][cin/g][cout/g] (transposed at
- * load), double accumulators, vectorized over the output channels of a group */
+ * load), double accumulators, vectorized over the output channels of a group; 1-bit weights
+ * (weight_scale set) of an ungrouped conv go to conv_sign */
 BS_CLONES static void op_conv(const bs_op *op, const float *x, float *y, double *acc) {
+    if (op->wscale && op->groups == 1) {
+        conv_sign(op, x, y, acc);
+        return;
+    }
     if (op->depthwise) {
         conv_depthwise(op, x, y, acc);
         return;
@@ -581,60 +697,123 @@ static void gather_patch(const bs_op *op, const uint64_t *x, int32_t oy, int32_t
     }
 }
 
-static void bconv_fast(const bs_op *op, const bs_kernels *k, const uint64_t *x, void *y, void *scratch) {
+/* the form op runs in with kernel table k: its chosen form, or the next one down that k has */
+static int run_form(const bs_op *op, const bs_kernels *k) {
+    int f = op->form;
+    if (f == BS_FORM_SLICE && !(op->slc && k->bitslice)) f = BS_FORM_SERIAL;
+    if (f == BS_FORM_SERIAL && !(op->bser && k->bitserial)) f = BS_FORM_WORD;
+    return f;
+}
+
+/* output pixels p0 .. p0 + n - 1 of a binary conv, n <= the block: gather their patches, count
+ * (bit-serial for a large enough block in the serial form), and finish */
+static void bconv_pixels(const bs_op *op, const bs_kernels *k, int form, const uint64_t *x, void *y,
+                         void *scratch, size_t p0, int n) {
     const bs_geom *g = &op->g;
     const bs_shape si = op->s0, so = op->so;
     const int32_t kw4 = op->kwords, cout = op->cout, cin = op->cin;
     const int32_t taps = g->kh * g->kw;
     const int32_t nwo = (cout + 63) / 64;
-    const size_t npix = (size_t)so.h * so.w, pb = block_pixels(op);
+    const size_t pb = block_pixels(op);
     uint64_t *patch = (uint64_t *)scratch;
     int32_t *pop = (int32_t *)((char *)scratch + a64(pb * kw4 * 8 + 64));
     void *work = (char *)pop + a64(pb * cout * 4);
+    for (int i = 0; i < n; i++) {
+        size_t p = p0 + (size_t)i;
+        gather_patch(op, x, (int32_t)(p / (size_t)so.w), (int32_t)(p % (size_t)so.w), patch + (size_t)i * kw4);
+    }
+    if (form == BS_FORM_SERIAL && n >= BS_BITSERIAL_MIN_PIXELS)
+        k->bitserial(patch, n, op, pop, work);
+    else
+        k->xor_popcount(patch, n, op->wbits, cout, kw4, pop);
 
-    for (size_t p0 = 0; p0 < npix; p0 += pb) {
-        int n = (int)(npix - p0 < pb ? npix - p0 : pb);
-        for (int i = 0; i < n; i++) {
-            size_t p = p0 + (size_t)i;
-            gather_patch(op, x, (int32_t)(p / (size_t)so.w), (int32_t)(p % (size_t)so.w), patch + (size_t)i * kw4);
+    for (int i = 0; i < n; i++) {
+        size_t opix = p0 + (size_t)i;
+        int32_t oy = (int32_t)(opix / (size_t)so.w), ox = (int32_t)(opix % (size_t)so.w);
+        int32_t *pp = pop + (size_t)i * cout;
+        /* valid taps: 0 <= iy0 + ky*dh < h and 0 <= ix0 + kx*dw < w */
+        int64_t iy0 = (int64_t)oy * g->sh - g->pt, ix0 = (int64_t)ox * g->sw - g->pl;
+        int32_t ky0 = 0, ky1 = g->kh, kx0 = 0, kx1 = g->kw;
+        while (ky0 < g->kh && iy0 + (int64_t)ky0 * g->dh < 0) ky0++;
+        while (ky1 > ky0 && iy0 + (int64_t)(ky1 - 1) * g->dh >= si.h) ky1--;
+        while (kx0 < g->kw && ix0 + (int64_t)kx0 * g->dw < 0) kx0++;
+        while (kx1 > kx0 && ix0 + (int64_t)(kx1 - 1) * g->dw >= si.w) kx1--;
+        int32_t nvt = (ky1 - ky0) * (kx1 - kx0);
+        if (nvt != taps) {
+            /* taps in the zero padding were gathered as zero bits and added popcount(w) */
+            for (int32_t ky = 0; ky < g->kh; ky++)
+                for (int32_t kx = 0; kx < g->kw; kx++) {
+                    if (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1) continue;
+                    const int32_t *wp = op->wpop + ((size_t)ky * g->kw + kx) * cout;
+                    for (int32_t o = 0; o < cout; o++) pp[o] -= wp[o];
+                }
         }
-        if (k->bitserial && op->bser && n >= BS_BITSERIAL_MIN_PIXELS)
-            k->bitserial(patch, n, op, pop, work);
-        else
-            k->xor_popcount(patch, n, op->wbits, cout, kw4, pop);
+        const int32_t nvalid = nvt * cin;
+        if (op->mode == BS_BOUT_BITS) {
+            k->bits_out(pp, cout, nvalid, op->thr, op->fsign, (uint64_t *)y + opix * nwo);
+        } else {
+            float *dst = (float *)y + opix * cout;
+            if (op->mode == BS_BOUT_FLOAT)
+                for (int32_t o = 0; o < cout; o++) dst[o] = (float)(nvalid - 2 * pp[o]) * op->scale[o] + op->bias[o];
+            else
+                for (int32_t o = 0; o < cout; o++) dst[o] = (float)(nvalid - 2 * pp[o]);
+        }
+    }
+}
 
-        for (int i = 0; i < n; i++) {
-            size_t opix = p0 + (size_t)i;
-            int32_t oy = (int32_t)(opix / (size_t)so.w), ox = (int32_t)(opix % (size_t)so.w);
-            int32_t *pp = pop + (size_t)i * cout;
-            /* valid taps: 0 <= iy0 + ky*dh < h and 0 <= ix0 + kx*dw < w */
-            int64_t iy0 = (int64_t)oy * g->sh - g->pt, ix0 = (int64_t)ox * g->sw - g->pl;
-            int32_t ky0 = 0, ky1 = g->kh, kx0 = 0, kx1 = g->kw;
-            while (ky0 < g->kh && iy0 + (int64_t)ky0 * g->dh < 0) ky0++;
-            while (ky1 > ky0 && iy0 + (int64_t)(ky1 - 1) * g->dh >= si.h) ky1--;
-            while (kx0 < g->kw && ix0 + (int64_t)kx0 * g->dw < 0) kx0++;
-            while (kx1 > kx0 && ix0 + (int64_t)(kx1 - 1) * g->dw >= si.w) kx1--;
-            int32_t nvt = (ky1 - ky0) * (kx1 - kx0);
-            if (nvt != taps) {
-                /* taps in the zero padding were gathered as zero bits and added popcount(w) */
-                for (int32_t ky = 0; ky < g->kh; ky++)
-                    for (int32_t kx = 0; kx < g->kw; kx++) {
-                        if (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1) continue;
-                        const int32_t *wp = op->wpop + ((size_t)ky * g->kw + kx) * cout;
-                        for (int32_t o = 0; o < cout; o++) pp[o] -= wp[o];
-                    }
-            }
-            const int32_t nvalid = nvt * cin;
-            if (op->mode == BS_BOUT_BITS) {
-                k->bits_out(pp, cout, nvalid, op->thr, op->fsign, (uint64_t *)y + opix * nwo);
-            } else {
-                float *dst = (float *)y + opix * cout;
-                if (op->mode == BS_BOUT_FLOAT)
-                    for (int32_t o = 0; o < cout; o++) dst[o] = (float)(nvalid - 2 * pp[o]) * op->scale[o] + op->bias[o];
-                else
-                    for (int32_t o = 0; o < cout; o++) dst[o] = (float)(nvalid - 2 * pp[o]);
-            }
-        }
+/* one run of a binary conv, cut into tasks that write disjoint outputs: blocks of output pixels
+ * (word / serial forms) or of 64 VW positions (slice form). Thread tid works in scratch0 (tid 0)
+ * or in its pool scratch; the slice form's input planes are shared. */
+typedef struct {
+    const bs_op *op;
+    const bs_kernels *k;
+    bs_pool *pool;
+    int form;
+    const uint64_t *x;
+    void *y;
+    const uint64_t *planes;
+    void *scratch0;
+    size_t pb, npix;
+} bconv_job;
+
+static void bconv_task(void *ctx, int task, int tid) {
+    const bconv_job *j = (const bconv_job *)ctx;
+    void *scratch = tid == 0 ? j->scratch0 : bs_pool_scratch(j->pool, tid);
+    if (j->form == BS_FORM_SLICE) {
+        j->k->bitslice(j->op, j->planes, (int64_t)task * 64 * j->k->slice_words, j->y, scratch);
+        return;
+    }
+    size_t p0 = (size_t)task * j->pb;
+    int n = (int)(j->npix - p0 < j->pb ? j->npix - p0 : j->pb);
+    bconv_pixels(j->op, j->k, j->form, j->x, j->y, scratch, p0, n);
+}
+
+/* scratch of one thread's tasks (the form is chosen per kernel table after load: room for any) */
+static size_t bconv_thread_bytes(const bs_op *op) {
+    size_t a = bs_bconv_scratch_bytes(op), b = bs_slice_work_bytes(op);
+    return a > b ? a : b;
+}
+
+static void bconv_fast(const bs_op *op, const bs_kernels *k, bs_pool *pool, const uint64_t *x, void *y,
+                       void *scratch) {
+    bconv_job j;
+    j.op = op, j.k = k, j.pool = pool, j.form = run_form(op, k), j.x = x, j.y = y;
+    j.npix = (size_t)op->so.h * op->so.w;
+    j.pb = block_pixels(op);
+    j.planes = (const uint64_t *)scratch;
+    j.scratch0 = (char *)scratch + (j.form == BS_FORM_SLICE ? bs_slice_planes_bytes(op) : 0);
+    int ntasks;
+    if (j.form == BS_FORM_SLICE) {
+        const size_t bw = (size_t)64 * k->slice_words;
+        k->slice_planes(op, x, (uint64_t *)scratch);
+        ntasks = (int)(((size_t)op->so.h * op->slc->S + bw - 1) / bw);
+    } else {
+        ntasks = (int)((j.npix + j.pb - 1) / j.pb);
+    }
+    if (pool && bs_pool_threads(pool) > 1 && ntasks > 1) {
+        bs_pool_run(pool, ntasks, bconv_task, &j);
+    } else {
+        for (int t = 0; t < ntasks; t++) bconv_task(&j, t, 0);
     }
 }
 
@@ -651,6 +830,8 @@ static bs_op group_op(const bs_op *op, int32_t grp) {
     s.s0.c = cg;
     s.so.c = cog;
     s.bser = NULL;
+    s.slc = NULL;
+    s.form = BS_FORM_WORD;
     s.wbits = op->wbits + (size_t)grp * cog * op->kwords;
     s.wpop = op->wpop + (size_t)grp * taps * cog;
     if (op->thr) s.thr = op->thr + (size_t)grp * cog;
@@ -703,7 +884,7 @@ static void bconv_grouped(const bs_op *op, const bs_kernels *k, const uint64_t *
         for (size_t p = 0; p < npix_in; p++)
             extract_bits(x + p * nwi, nwi, (size_t)grp * cg, (size_t)cg, xin + p * nwg);
         bs_op sub = group_op(op, grp);
-        bconv_fast(&sub, k, xin, yg, work);
+        bconv_fast(&sub, k, NULL, xin, yg, work);
         for (size_t p = 0; p < npix; p++) {
             if (op->mode == BS_BOUT_BITS)
                 insert_bits((uint64_t *)yg + p * nwog, (size_t)cog, (uint64_t *)y + p * nwo, nwo, (size_t)grp * cog);
@@ -717,7 +898,8 @@ size_t bs_op_scratch_bytes(const bs_op *op) {
     switch (op->type) {
     case BS_OP_BINARY_CONV2D:
     case BS_OP_BINARY_CONV1D: {
-        if (op->groups == 1) return bs_bconv_scratch_bytes(op);
+        /* the slice planes (shared by the threads), then the calling thread's blocks */
+        if (op->groups == 1) return bs_slice_planes_bytes(op) + bconv_thread_bytes(op);
         size_t in_bytes;
         bs_op sub = group_op(op, 0);
         return grouped_io_bytes(op, &in_bytes) + bs_bconv_scratch_bytes(&sub);
@@ -725,6 +907,8 @@ size_t bs_op_scratch_bytes(const bs_op *op) {
     case BS_OP_FEATURE_NORM: return a64((size_t)op->so.h * op->so.c * 8);
     case BS_OP_CONV2D:
     case BS_OP_CONV1D:
+        if (op->wscale && op->groups == 1) return sign_conv_scratch_bytes(op);
+        /* fall through */
     case BS_OP_AVGPOOL2D:
     case BS_OP_AVGPOOL1D: return a64((size_t)(op->cout > op->s0.c ? op->cout : op->s0.c) * 8);
     case BS_OP_QCONV2D:
@@ -739,16 +923,31 @@ size_t bs_op_scratch_bytes(const bs_op *op) {
     }
 }
 
-static void run_binary_conv(const bs_op *op, const bs_kernels *k, const uint64_t *x, void *y, void *scratch) {
+size_t bs_model_thread_bytes(const bs_model *m) {
+    size_t most = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const bs_op *op = &m->ops[i];
+        if ((op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D) && op->groups == 1) {
+            size_t b = bconv_thread_bytes(op);
+            if (b > most) most = b;
+        }
+    }
+    return most;
+}
+
+static void run_binary_conv(const bs_op *op, const bs_kernels *k, bs_pool *pool, const uint64_t *x, void *y,
+                            void *scratch) {
     if (k->reference)
         bs_ref_bconv2d(op, x, y);
     else if (op->groups == 1)
-        bconv_fast(op, k, x, y, scratch);
+        bconv_fast(op, k, pool, x, y, scratch);
     else
         bconv_grouped(op, k, x, y, scratch);
 }
 
-void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
+void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) { bs_run_op_pool(m, k, NULL, i, arena); }
+
+void bs_run_op_pool(const bs_model *m, const bs_kernels *k, bs_pool *pool, int i, void *arena) {
     const bs_op *op = &m->ops[i];
     void *y = slot(m, arena, op->out);
     const void *x = op->type == BS_OP_INPUT ? NULL : slot(m, arena, op->in0);
@@ -767,7 +966,7 @@ void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
         break;
     case BS_OP_PACK: k->pack(x, (size_t)op->s0.h * op->s0.w, op->s0.c, y); break;
     case BS_OP_BINARY_CONV2D:
-    case BS_OP_BINARY_CONV1D: run_binary_conv(op, k, x, y, scratch); break;
+    case BS_OP_BINARY_CONV1D: run_binary_conv(op, k, pool, x, y, scratch); break;
     case BS_OP_MAXPOOL2D:
     case BS_OP_MAXPOOL1D:
         if (op->s0.dtype == BS_BITS) {
@@ -810,11 +1009,16 @@ void bs_run_op(const bs_model *m, const bs_kernels *k, int i, void *arena) {
 }
 
 void bs_model_run(const bs_model *m, const bs_kernels *k, const float *x, void *arena, int stop) {
+    bs_model_run_pool(m, k, NULL, x, arena, stop);
+}
+
+void bs_model_run_pool(const bs_model *m, const bs_kernels *k, bs_pool *pool, const float *x, void *arena,
+                       int stop) {
     if (stop > m->n_ops) stop = m->n_ops;
     for (int i = 0; i < stop; i++) {
         if (m->ops[i].type == BS_OP_INPUT)
             op_input(m, x, slot(m, arena, m->ops[i].out));
         else
-            bs_run_op(m, k, i, arena);
+            bs_run_op_pool(m, k, pool, i, arena);
     }
 }

@@ -1,10 +1,12 @@
 /* fuzz_load.c: fuzzing harness of the bsnn loader (and of running what it accepts).
  *
  * libFuzzer:   clang -g -O1 -fsanitize=fuzzer,address,undefined -DBS_LIBFUZZER \
- *                  fuzz_load.c ../format.c ../model.c ../dispatch.c ../kernels_*.c -lm
+ *                  fuzz_load.c ../format.c ../model.c ../dispatch.c ../kernels_*.c ../slice.c ../pool.c \
+ *                  -lm -pthread
  *              ./a.out corpus_dir/
  * plain C:     gcc -std=c99 -D_POSIX_C_SOURCE=200809L -g -O1 -fsanitize=address,undefined \
- *                  fuzz_load.c ../format.c ../model.c ../dispatch.c ../kernels_*.c -lm -o fuzz_load
+ *                  fuzz_load.c ../format.c ../model.c ../dispatch.c ../kernels_*.c ../slice.c ../pool.c \
+ *                  -lm -pthread -o fuzz_load
  *              ./fuzz_load SECONDS SEED FILE.bsnn...
  *
  * The plain driver mutates the given valid files (bit flips, byte and 32-bit field overwrites
@@ -55,6 +57,23 @@ static int run_accepted(const bs_model *m) {
         volatile float sink = bs_model_output(m, arena)[0];
         (void)sink;
     }
+    /* threads: the binary convs' pixel blocks over a pool of 2 give the same output bytes */
+    int st;
+    const bs_kernels *ka = bs_kernels_get("auto", &st);
+    bs_pool *pool = NULL;
+    size_t nout = (size_t)m->n_out * sizeof(float);
+    float *one = malloc(nout + 4);
+    if (one && bs_pool_create(2, bs_model_thread_bytes(m), &pool) == BS_OK) {
+        bs_model_run(m, ka, x, arena, m->n_ops);
+        memcpy(one, bs_model_output(m, arena), nout);
+        bs_model_run_pool(m, ka, pool, x, arena, m->n_ops);
+        if (memcmp(one, bs_model_output(m, arena), nout) != 0) {
+            fprintf(stderr, "a run on 2 threads differs from the run on one\n");
+            abort();
+        }
+        bs_pool_free(pool);
+    }
+    free(one);
     free(arena);
     free(x);
     return 1;
