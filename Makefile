@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint install clean debian-packages
+.PHONY: quickstart test lint install clean debian-packages mcu-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,19 @@ debian-packages:
 	    >/dev/null 2>&1 || echo "note: could not install Debian's$$missing (needs root and apt-get);" \
 	    "the tests that need them will be skipped"; fi
 
-test: lint debian-packages
+# The Cortex-M4 toolchain and QEMU for bitsound deploy and its tests (tests/test_deploy_qemu.py):
+# arm-none-eabi-gcc with newlib, qemu-system-arm (mps2-an386). As above, a failed install only
+# makes those tests skip, saying why.
+MCU_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+mcu-deps:
+	@if ! command -v arm-none-eabi-gcc >/dev/null 2>&1 || ! command -v qemu-system-arm >/dev/null 2>&1 || \
+	  [ ! -f "$$(arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 \
+	     --specs=nano.specs -print-file-name=libc_nano.a 2>/dev/null)" ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MCU_PACKAGES)) \
+	    >/dev/null 2>&1 || echo "note: could not install Debian's $(MCU_PACKAGES) (needs root and" \
+	    "apt-get); the Cortex-M4 tests will be skipped"; fi
+
+test: lint debian-packages mcu-deps
 	$(BIN)/python -m pytest -q
 
 clean:
