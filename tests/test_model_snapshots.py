@@ -37,6 +37,23 @@ CANONICAL_SHAPES: dict[str, tuple[int, ...]] = {
     "thesis_xnor1": (1, 32, 32),
     "thesis_binarynet5": (1, 32, 32),
     "thesis_binarynet1": (1, 32, 32),
+    # seed 001: 30,225 samples (1.51 s) at 20 kHz
+    "acdnet": (1, 30225),
+    "mini-acdnet": (1, 30225),
+    "micro-acdnet": (1, 30225),
+    "xacdnet": (1, 30225),
+    "xmini-acdnet": (1, 30225),
+    "xmicro-acdnet": (1, 30225),
+    # seed 004: 10 s of two channels at 18 kHz
+    "wavecnn-a": (2, 180000),
+    "wavecnn-b": (2, 180000),
+    "waveresnet-c": (2, 180000),
+    "waveresnet-d": (2, 180000),
+    # seed 002: 256 log-mel bands x 469 frames of both channels (10 s at 48 kHz, hop 1024)
+    "mcdonnell-asc": (2, 256, 469),
+    # seed 003: 256 log-mel bands x 334 frames (10 s at 16 kHz, 30 ms hop)
+    "bcresnet-asc-1": (1, 256, 334),
+    "bcresnet-asc-8": (1, 256, 334),
 }
 
 COUNTS = ("params", "nonzero_params", "scale_params", "macs", "bops")

@@ -29,6 +29,12 @@ bytes : dict, one entry per rule (1 KB = 1024 bytes; bits / 8, no padding to who
     ``sqrt(2 / fan_in)`` follows from the shape and stores nothing.
     ``"dcase2022"``: DCASE 2022 task 1 rule: all parameters, zero-valued ones and batch-norm
     included, each at its precision, plus the scales (buffers are not parameters).
+binary_weights
+    Weights stored at one bit (``weight_bits == 1``), per layer and in all: seed 002's
+    "3,987,000 binary weights".
+params_by_rule : dict
+    The parameters each rule counts (scales aside): ``storage`` and ``dcase2022`` all of them,
+    ``dcase2020`` the non-zero ones outside batch-norm (seed 004's Table 1 totals).
 macs
     Multiply-accumulates with float operands, counted as ``torchinfo`` (``total_mult_adds``,
     the counter behind the DCASE ``nessi`` tool) does for a batch of one: a convolution counts
@@ -46,11 +52,16 @@ bops
 flops_seed001
     The XNOR-Net FLOPs of seed 001 (section III.B): ``a + (x - (a + b)) / 64 + b`` with
     ``a`` and ``b`` the operations of the first and last weight layers (convolution or linear,
-    in execution order; the layers XNOR-Net keeps in full precision) and ``x`` the total
-    operations of the full-precision version (``macs + bops``: binary layers at their MAC
-    count). One FLOP is one MAC, as in the seed's tables. With a single weight layer ``b = 0``.
-    The value is the seed's estimate for the network *as an XNOR-Net*; it does not check which
-    layers are actually binary.
+    in execution order; the layers XNOR-Net keeps in full precision) and ``x`` the FLOPs of the
+    full-precision version as the seed counts them (the authors' ``calculator.py``, which gives
+    Table 1's 544 M for ACDNet): one per multiply-accumulate of every convolution and linear
+    layer, binary ones included, and per bias add; one per output value of an activation
+    module (ReLU, sigmoid, softmax ...; a functional call inside ``forward`` is not seen); one
+    per value each pooling window reads (``kernel`` values per pooled output); none for
+    batch-norm, which folds into the neighbouring layer. One FLOP
+    is one MAC, as in the seed's tables. With a single weight layer ``b = 0``. The value is the
+    seed's estimate for the network *as an XNOR-Net*; it does not check which layers are
+    actually binary.
 peak_activation_bytes
     The largest, over layer calls, of the layer's input(s) plus output bytes for one example;
     an input read by a layer with ``input_bits == 1`` counts 1 bit per value (the engine keeps
@@ -96,6 +107,10 @@ XNOR_SPEEDUP = 64  # seed 001: binary operations cost 1/64 of a FLOP
 
 _COUNTED_TYPES = (_ConvNd, nn.Linear, _BatchNorm, _MaxPoolNd, _AvgPoolNd, _AdaptiveAvgPoolNd,
                   _AdaptiveMaxPoolNd, _LPPoolNd)
+_POOL_TYPES = _COUNTED_TYPES[3:]
+# element-wise activations: one FLOP per output value in seed 001's count (not layers here)
+_ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Sigmoid,
+                     nn.Tanh, nn.Hardtanh, nn.Softmax, nn.LogSoftmax)
 
 
 def _is_counted(module: nn.Module) -> bool:
@@ -133,6 +148,22 @@ def _call_ops(module: nn.Module, out: torch.Tensor) -> tuple[int, int]:
     return 0, sum(p.numel() for p in module.parameters(recurse=False))
 
 
+def _seed001_ops(module: nn.Module, inputs: tuple, out: torch.Tensor, layer_ops: int) -> int:
+    """One call's FLOPs as seed 001 counts them (see ``flops_seed001`` in the module docstring)."""
+    if isinstance(module, (_ConvNd, nn.Linear)):
+        return layer_ops
+    if isinstance(module, _POOL_TYPES):
+        kernel = getattr(module, "kernel_size", None)
+        if kernel is None:  # adaptive: each output reads about input / output values
+            first = _tensors(inputs)
+            return first[0].numel() if first else 0
+        return out.numel() * math.prod(kernel if isinstance(kernel, (tuple, list)) else
+                                       [kernel] * (out.dim() - 2))
+    if isinstance(module, _ACTIVATION_TYPES):
+        return out.numel()
+    return 0
+
+
 def _activation_bytes(module: nn.Module, inputs: tuple, out: list[torch.Tensor]) -> int:
     in_bits = getattr(module, "input_bits", None)
     bits = 0
@@ -145,7 +176,7 @@ def _activation_bytes(module: nn.Module, inputs: tuple, out: list[torch.Tensor])
 def _layer_storage(module: nn.Module, seen: set[int]) -> dict[str, Any]:
     """Parameter counts and bytes per rule of one layer; ``seen`` dedupes shared parameters."""
     weight_bits = int(getattr(module, "weight_bits", 0)) or None
-    params = nonzero = bits_all = bits_nonzero = 0
+    params = nonzero = bits_all = bits_nonzero = binary = 0
     for name, p in module.named_parameters(recurse=False):
         if id(p) in seen:
             continue
@@ -156,6 +187,7 @@ def _layer_storage(module: nn.Module, seen: set[int]) -> dict[str, Any]:
         nz = n if bits == 1 else int(torch.count_nonzero(p.detach()))
         params, nonzero = params + n, nonzero + nz
         bits_all, bits_nonzero = bits_all + n * bits, bits_nonzero + nz * bits
+        binary += n if bits == 1 else 0
     scale = int(getattr(module, "n_scale_params", 0))
     buffer_bits = sum(b.numel() * b.element_size() * 8 for name, b in module.named_buffers(recurse=False)
                       if b.is_floating_point() and name not in module._non_persistent_buffers_set)
@@ -165,7 +197,7 @@ def _layer_storage(module: nn.Module, seen: set[int]) -> dict[str, Any]:
         "dcase2020": 0.0 if is_bn else (bits_nonzero + scale * SCALE_BITS) / 8,
         "dcase2022": (bits_all + scale * SCALE_BITS) / 8,
     }
-    return {"params": params, "nonzero_params": nonzero, "scale_params": scale,
+    return {"params": params, "nonzero_params": nonzero, "scale_params": scale, "binary_weights": binary,
             "bits_per_weight": weight_bits or 32, "bytes": bytes_}
 
 
@@ -205,7 +237,7 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...], *, device=
     dict (JSON-serialisable)
         ``params``, ``nonzero_params``, ``scale_params``, ``macs``, ``bops``, ``bytes``
         (``{"storage", "dcase2020", "dcase2022"}`` in bytes), ``kb`` (the same in KB),
-        ``flops_seed001`` (``{"a", "b", "x", "flops"}``), ``peak_activation_bytes``,
+        ``params_by_rule``, ``flops_seed001`` (``{"a", "b", "x", "flops"}``), ``peak_activation_bytes``,
         ``peak_activation_layer``, ``input_shape`` and ``layers`` (list of per-layer dicts).
         The model's training flags and weights are left unchanged.
     """
@@ -215,6 +247,12 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...], *, device=
     counted = [(name or type(model).__name__, m) for name, m in model.named_modules() if _is_counted(m)]
     calls: dict[nn.Module, dict[str, Any]] = {}
     order: list[nn.Module] = []
+    seed_flops = [0]  # seed 001's full-precision FLOPs, over every call
+
+    def seed_hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+        outs = _tensors(output)
+        if outs and not _is_counted(module):
+            seed_flops[0] += _seed001_ops(module, inputs, outs[0], 0)
 
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
         outs = _tensors(output)
@@ -224,6 +262,7 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...], *, device=
         if rec["calls"] == 0:
             order.append(module)
         weight_ops, other_ops = _call_ops(module, outs[0])
+        seed_flops[0] += _seed001_ops(module, inputs, outs[0], weight_ops + other_ops)
         binary = _is_binary(module) and weight_ops > 0
         rec["calls"] += 1
         rec["bops"] += weight_ops if binary else 0
@@ -233,6 +272,8 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...], *, device=
 
     training = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(hook) for _, m in counted]
+    handles += [m.register_forward_hook(seed_hook) for m in model.modules()
+                if isinstance(m, _ACTIVATION_TYPES)]
     try:
         model.eval()
         with torch.no_grad():
@@ -242,25 +283,29 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...], *, device=
             h.remove()
         for m, flag in training.items():
             m.training = flag
-    return _assemble(counted, calls, order, shape)
+    return _assemble(counted, calls, order, shape, seed_flops[0])
 
 
 def _assemble(counted: list[tuple[str, nn.Module]], calls: dict, order: list[nn.Module],
-              shape: tuple[int, ...]) -> dict:
+              shape: tuple[int, ...], seed_flops: int) -> dict:
     names = {m: name for name, m in counted}
     idle = [m for _, m in counted if m not in calls and next(m.parameters(recurse=False), None) is not None]
     seen: set[int] = set()
     layers = []
+    counted_by_rule = dict.fromkeys(RULES, 0)
     for m in order + idle:
         rec = calls.get(m, {"calls": 0, "macs": 0, "bops": 0, "activation_bytes": 0, "output_shape": None})
         storage = _layer_storage(m, seen)
+        counted_by_rule["storage"] += storage["params"]
+        counted_by_rule["dcase2022"] += storage["params"]
+        counted_by_rule["dcase2020"] += 0 if isinstance(m, _BatchNorm) else storage["nonzero_params"]
         layers.append({
             "name": names[m], "type": type(m).__name__, "output_shape": rec["output_shape"],
             "calls": rec["calls"], **storage, "input_bits": int(getattr(m, "input_bits", 32)),
             "macs": rec["macs"], "bops": rec["bops"], "activation_bytes": rec["activation_bytes"],
         })
     totals = {key: sum(layer[key] for layer in layers)
-              for key in ("params", "nonzero_params", "scale_params", "macs", "bops")}
+              for key in ("params", "nonzero_params", "scale_params", "binary_weights", "macs", "bops")}
     bytes_ = {rule: sum(layer["bytes"][rule] for layer in layers) for rule in RULES}
     peak = max(layers, key=lambda layer: layer["activation_bytes"], default=None)
     return {
@@ -268,17 +313,17 @@ def _assemble(counted: list[tuple[str, nn.Module]], calls: dict, order: list[nn.
         **totals,
         "bytes": bytes_,
         "kb": {rule: b / KB for rule, b in bytes_.items()},
-        "flops_seed001": _flops_seed001(layers, calls, order),
+        "params_by_rule": counted_by_rule,
+        "flops_seed001": _flops_seed001(calls, order, seed_flops),
         "peak_activation_bytes": peak["activation_bytes"] if peak else 0,
         "peak_activation_layer": peak["name"] if peak else None,
         "layers": layers,
     }
 
 
-def _flops_seed001(layers: list[dict], calls: dict, order: list[nn.Module]) -> dict[str, float]:
+def _flops_seed001(calls: dict, order: list[nn.Module], x: int) -> dict[str, float]:
     """Seed 001's ``a + (x - (a + b)) / 64 + b`` (see the module docstring)."""
     weighted = [calls[m]["macs"] + calls[m]["bops"] for m in order if isinstance(m, (_ConvNd, nn.Linear))]
-    x = sum(layer["macs"] + layer["bops"] for layer in layers)
     a = weighted[0] if weighted else 0
     b = weighted[-1] if len(weighted) > 1 else 0
     return {"a": a, "b": b, "x": x, "flops": a + (x - (a + b)) / XNOR_SPEEDUP + b}
@@ -359,6 +404,12 @@ def render_report(report: dict, console=None) -> None:
     console.print(table)
     kb = ", ".join(f"{rule} {value:,.2f} KB" for rule, value in report["kb"].items())
     seed = report["flops_seed001"]
-    console.print(f"size: {kb}; non-zero params {report['nonzero_params']:,}; peak activations "
-                  f"{report['peak_activation_bytes']:,} B ({report['peak_activation_layer']}); "
-                  f"seed-001 XNOR FLOPs {seed['flops']:,.0f}")
+    dcase2020 = report.get("params_by_rule", {}).get("dcase2020")
+    binary = report.get("binary_weights")
+    console.print(f"size: {kb}; non-zero params {report['nonzero_params']:,}"
+                  + (f" ({dcase2020:,} outside batch-norm, the dcase2020 count)" if dcase2020 is not None
+                     else "")
+                  + (f"; one-bit weights {binary:,}" if binary else "")
+                  + f"; peak activations {report['peak_activation_bytes']:,} B "
+                  f"({report['peak_activation_layer']}); seed-001 FLOPs {seed['x']:,.0f} as float, "
+                  f"{seed['flops']:,.0f} as XNOR-Net")

@@ -32,6 +32,9 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "freq_masks": (LOGMEL,),
     "gain_db": (WAVE, LOGMEL),
     "mixup_alpha": (WAVE, LOGMEL, IMAGE),
+    "mixup_per_example": (WAVE, LOGMEL, IMAGE),
+    "time_crop": (LOGMEL, IMAGE),
+    "channel_swap": (WAVE, LOGMEL, IMAGE),
     "random_crop": (WAVE,),
     "temporal_mask": (WAVE,),
     "fir_filters": (WAVE,),
@@ -83,6 +86,34 @@ def time_shift(x: torch.Tensor, max_fraction: float, generator: torch.Generator)
     index = (torch.arange(frames).unsqueeze(0) - shifts.unsqueeze(1)) % frames
     index = index.to(x.device).view(x.shape[0], *([1] * (x.dim() - 2)), frames)
     return torch.gather(x, -1, index.expand_as(x))
+
+
+def random_time_crop(x: torch.Tensor, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """A window of ``frames`` frames at a random start, drawn for each example on its own.
+
+    x : Tensor [shape=(batch, channels, freq, time)] -> Tensor [shape=(batch, channels, freq, frames)]
+    (seed 002: 469 -> 400 frames; each example of a later mixup pair is cropped independently).
+    """
+    total = x.shape[-1]
+    if frames > total:
+        raise ConfigError(f"augment.time_crop={frames} frames is longer than the features' {total} "
+                          f"frames; lower it or lengthen audio.clip_seconds")
+    starts = torch.randint(0, total - frames + 1, (x.shape[0],), generator=generator)
+    index = (starts.unsqueeze(1) + torch.arange(frames).unsqueeze(0)).to(x.device)
+    index = index.view(x.shape[0], *([1] * (x.dim() - 2)), frames)
+    return torch.gather(x, -1, index.expand(*x.shape[:-1], frames))
+
+
+def swap_channels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Swap the two channels of each example with probability 1/2 (seed 002's left/right swap).
+
+    x : Tensor [shape=(batch, 2, ...)] -> Tensor of the same shape.
+    """
+    if x.shape[1] != 2:
+        raise ConfigError(f"augment.channel_swap swaps two channels, the batch has {x.shape[1]}; set "
+                          f"audio.channels: stereo")
+    swap = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(swap.view(-1, *([1] * (x.dim() - 1))), x.flip(1), x)
 
 
 def warp(x: torch.Tensor, *, freq: float, time: float,
@@ -154,8 +185,11 @@ class FeatureAugment:
 
     Notes
     -----
-    Order on waveforms: crop, gain, temporal mask, FIR filter, noise, time shift (seed 004
-    filters after masking and adds noise last). The pair mixers run after these, in the task.
+    Order on waveforms: crop, gain, temporal mask, FIR filter, noise, time shift, channel swap
+    (seed 004 filters after masking and adds noise last). On features: channel swap, gain,
+    warp, time shift, time crop, SpecAugment masks (their widths are fractions of the cropped
+    window). The pair mixers run after these, in the task, so
+    each example of a pair was cropped and swapped on its own (seed 002).
     """
 
     def __init__(self, cfg: AugmentConfig, *, input_kind: str | None = None,
@@ -181,7 +215,7 @@ class FeatureAugment:
         c = self.cfg
         return bool(c.time_shift or c.time_masks or c.freq_masks or c.gain_db or c.freq_warp
                     or c.time_stretch or self._crops or c.temporal_mask or c.fir_filters
-                    or c.noise)
+                    or c.noise or c.time_crop or c.channel_swap)
 
     @property
     def _crops(self) -> bool:
@@ -210,12 +244,16 @@ class FeatureAugment:
         if kind == WAVE:
             return self._waveform(x, generator)
         c = self.cfg
+        if c.channel_swap:
+            x = swap_channels(x, generator)
         if c.gain_db:
             x = random_gain(x, c.gain_db, generator)
         if c.freq_warp or c.time_stretch:
             x = warp(x, freq=c.freq_warp, time=c.time_stretch, generator=generator)
-        if c.time_shift:
+        if c.time_shift:  # rolls the whole clip, before a window of it is cropped
             x = time_shift(x, c.time_shift, generator)
+        if c.time_crop:
+            x = random_time_crop(x, c.time_crop, generator)
         if c.freq_masks:
             x = mask_axis(x, axis=2, count=c.freq_masks, max_fraction=c.freq_mask_width,
                           generator=generator)
@@ -246,4 +284,6 @@ class FeatureAugment:
             x = wave_augment.add_noise(x, snr_db=c.noise.snr_db, p=c.noise.p, generator=generator)
         if c.time_shift:
             x = time_shift(x, c.time_shift, generator)
+        if c.channel_swap:
+            x = swap_channels(x, generator)
         return x

@@ -60,13 +60,15 @@ def mel_to_hz(mels: np.ndarray, *, htk: bool) -> np.ndarray:
 
 
 def mel_filterbank(
-    *, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool
+    *, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool,
+    norm: str = "slaney",
 ) -> np.ndarray:
-    """Triangular mel filters with Slaney area normalisation.
+    """Triangular mel filters with Slaney area normalisation, or none.
 
     Same construction as ``librosa.filters.mel(norm="slaney")``: ``n_mels + 2`` edges equally
     spaced in mel, triangles between neighbouring edges, each scaled by ``2 / bandwidth`` so it
-    has unit area in Hz.
+    has unit area in Hz. ``norm="none"`` keeps the triangles' peak at 1 (librosa's
+    ``norm=None``, which seed 002's features use).
 
     Returns
     -------
@@ -81,7 +83,10 @@ def mel_filterbank(
     rising = -ramps[:-2] / widths[:-1, np.newaxis]
     falling = ramps[2:] / widths[1:, np.newaxis]
     weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, np.newaxis]
+    if norm == "slaney":
+        weights *= (2.0 / (edges[2:] - edges[:-2]))[:, np.newaxis]
+    elif norm != "none":
+        raise ConfigError(f"mel filter norm must be 'slaney' or 'none', got {norm!r}")
     empty = np.flatnonzero(weights.max(axis=1) == 0)
     if empty.size:
         # Not an error (librosa also only warns), but those channels will be constant.
@@ -110,7 +115,7 @@ class LogMel(nn.Module):
 
     Periodic Hann window of ``win_length`` zero-padded to ``n_fft`` (centred), STFT with the
     signal zero-padded by ``n_fft // 2`` at both ends when ``center``, ``|X| ** power``, then a
-    mel filterbank (HTK or Slaney scale, Slaney area normalisation).
+    mel filterbank (HTK or Slaney scale, Slaney area normalisation or none: ``mel_norm``).
 
     Parameters
     ----------
@@ -141,6 +146,7 @@ class LogMel(nn.Module):
             fmin=cfg.fmin,
             fmax=fmax,
             htk=cfg.mel_scale == "htk",
+            norm=cfg.mel_norm,
         )
         self.register_buffer("window", window.float())
         self.register_buffer("mel_basis", torch.from_numpy(fbank).float())

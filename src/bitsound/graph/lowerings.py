@@ -735,7 +735,7 @@ def _pad(ctx, name, x, pad, mode="constant", value=0.0):
     spatial = 2 * x.rank
     if (
         mode == "constant"
-        and value == 0
+        and value in (None, 0)  # F.pad's default value is None (zeros)
         and len(pad) == spatial + 2
         and not any(pad[:spatial])
         and pad[-2] == 0
@@ -783,3 +783,7 @@ def _adaptive_fn(ctx, name, x, output_size):
     if any(v != 1 for v in size):
         raise ExportError(f"'{name}': adaptive average pooling to {output_size} is not supported (only 1)")
     return _gap(ctx, x, name)
+
+
+# lowerings kept in their own modules (one per family of layer types) register on import
+from bitsound.graph import lowerings_freqnorm  # noqa: E402, F401

@@ -29,14 +29,43 @@ def sgdr_factor(epoch: int, *, epochs: int, restarts: list[int], min_factor: flo
     return min_factor
 
 
+def step_factor(cfg: ScheduleConfig, *, epochs: int, min_factor: float, epoch: int, step: int,
+                steps: int) -> float:
+    """LR multiplier before batch ``step`` of ``steps`` in ``epoch`` (``schedule.per_step``).
+
+    ``sgdr``, as the authors' code of seed 002 (``LR_WarmRestart``): within a cycle of ``L``
+    epochs starting at ``s``, the position is ``t = epoch - s + step / (steps - 1)``, so the
+    first batch of a cycle has the maximum rate and its last batch ``min_lr`` exactly; the factor
+    is ``min + (1 - min) (1 + cos(pi t / L)) / 2``. ``cosine``: ``t = epoch + step / steps``,
+    a linear warm-up from 0 over ``warmup_epochs`` (seed 003), then the cosine decay to
+    ``min_lr`` over the remaining epochs.
+    """
+    if cfg.name == "sgdr":
+        starts = [0] + sorted(r for r in cfg.restarts if 0 < r < epochs)
+        start = max(s for s in starts if s <= epoch)
+        end = next((s for s in starts if s > epoch), epochs)
+        t = epoch - start + (step / (steps - 1) if steps > 1 else 1.0)
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t / (end - start)))
+    t = epoch + step / steps
+    if t < cfg.warmup_epochs:
+        return t / cfg.warmup_epochs
+    span = max(1e-9, epochs - cfg.warmup_epochs)
+    progress = min(1.0, (t - cfg.warmup_epochs) / span)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class EpochScheduler:
-    """Wraps a torch scheduler so the loop calls ``step(metric)`` once per epoch for all kinds."""
+    """Wraps a torch scheduler so the loop calls ``step(metric)`` once per epoch for all kinds,
+    and ``step_batch`` before every batch (which sets the rate only with ``per_step``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, epochs: int,
                  steps_per_epoch: int = 1, mode: str = "max"):
         self.cfg = cfg
+        self.optimizer, self.epochs = optimizer, epochs
         base_lr = optimizer.param_groups[0]["lr"]
         min_factor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.min_factor = min_factor
         lr_lambda = optim_lambda(cfg, epochs=epochs, min_factor=min_factor,
                                  steps_per_epoch=steps_per_epoch)
         if cfg.name == "plateau":
@@ -51,6 +80,15 @@ class EpochScheduler:
                 self.scheduler.step(metric)
         else:
             self.scheduler.step()
+
+    def step_batch(self, epoch: int, step: int, steps: int) -> None:
+        """Before batch ``step`` of ``steps`` of ``epoch`` (0-based): with ``per_step``, set the rate."""
+        if not self.cfg.per_step:
+            return
+        factor = step_factor(self.cfg, epochs=self.epochs, min_factor=self.min_factor, epoch=epoch,
+                             step=step, steps=steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
 
     def state_dict(self) -> dict:
         # LambdaLR stores None for plain functions: they are rebuilt from the config.

@@ -23,6 +23,8 @@ class ClassificationTask:
         Weight of the uniform distribution mixed into the targets (Szegedy et al. 2016).
     mixup_alpha : float
         Beta(alpha, alpha) parameter of mixup (Zhang et al. 2018); 0 disables it.
+    mixup_per_example : bool
+        Draw one lambda per example (seed 002's code) instead of one per batch.
     mixer : callable, optional
         Another pair mixer, ``mixer(x, y, generator) -> (x, lam, partner)`` (see
         :mod:`bitsound.audio.wave_mix`: between-class learning, CutMix); exclusive with mixup.
@@ -33,13 +35,14 @@ class ClassificationTask:
     """
 
     def __init__(self, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-                 mixer=None, loss: str = "cross_entropy"):
+                 mixer=None, loss: str = "cross_entropy", mixup_per_example: bool = False):
         if mixer is not None and mixup_alpha > 0:
             raise ConfigError("mixup_alpha and another pair mixer both mix examples; choose one")
         if loss not in ("cross_entropy", "kl_divergence"):
             raise ConfigError(f"loss must be 'cross_entropy' or 'kl_divergence', got {loss!r}")
         self.label_smoothing = label_smoothing
         self.mixup_alpha = mixup_alpha
+        self.mixup_per_example = bool(mixup_per_example)
         self.mixer = mixer
         self.loss = loss
 
@@ -61,8 +64,13 @@ class ClassificationTask:
         # torch's Beta sampler ignores generators; seed numpy's from ours instead so runs
         # stay reproducible and resumable.
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        lam = float(np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha))
+        rng = np.random.default_rng(seed)
         perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        if self.mixup_per_example:
+            lam = torch.from_numpy(rng.beta(self.mixup_alpha, self.mixup_alpha, x.shape[0])).to(x)
+            weight = lam.view(-1, *([1] * (x.dim() - 1)))
+            return weight * x + (1 - weight) * x[perm], lam, perm
+        lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
         return lam * x + (1 - lam) * x[perm], lam, perm
 
     def loss_on(self, logits: torch.Tensor, y: torch.Tensor, *, x, lam, perm):
@@ -119,9 +127,9 @@ class DistillationTask(ClassificationTask):
 
     def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
                  label_smoothing: float = 0.0, mixup_alpha: float = 0.0, mixer=None,
-                 loss: str = "cross_entropy"):
+                 loss: str = "cross_entropy", mixup_per_example: bool = False):
         super().__init__(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, mixer=mixer,
-                         loss=loss)
+                         loss=loss, mixup_per_example=mixup_per_example)
         self.teacher = teacher.eval()
         for param in self.teacher.parameters():
             param.requires_grad_(False)
