@@ -27,6 +27,24 @@ def list_recipes() -> list[tuple[str, str]]:
     return rows
 
 
+def list_pipelines() -> list[tuple[str, str]]:
+    """(name, description) of each shipped compression pipeline (bitsound compress)."""
+    return [(name, str(read_yaml(path).get("description", "")).strip().split("\n")[0])
+            for name, path in sorted(_shipped("compress").items())]
+
+
+def pipeline_path(name_or_path: str) -> Path:
+    """A shipped compression pipeline by name, or a pipeline YAML file by path."""
+    shipped = _shipped("compress")
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"unknown compression pipeline {name_or_path!r}: not a shipped one "
+                          f"({', '.join(sorted(shipped)) or 'none'}) nor an existing YAML file")
+    return path
+
+
 def study_path(name_or_path: str) -> Path:
     """A shipped study by name, or a study YAML file by path."""
     shipped = _shipped("studies")
