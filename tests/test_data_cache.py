@@ -12,7 +12,7 @@ import pytest
 from bitsound.config import AudioConfig
 from bitsound.data import FeatureCache, default_cache_root, make_key
 from bitsound.data import cache as cache_module
-from bitsound.errors import ConfigError
+from bitsound.errors import ConfigError, DataError
 
 CONFIG = {"audio": {"sample_rate": 16000, "channels": "mono"}, "front_end": {"n_mels": 40}}
 
@@ -119,7 +119,7 @@ def test_a_failed_write_leaves_neither_temp_file_nor_entry(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(cache_module.np, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="cannot write to the feature cache .*disk full"):
         cache.put(key, np.zeros(4))
     monkeypatch.undo()
     assert cache.get(key) is None

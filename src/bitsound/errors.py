@@ -46,3 +46,12 @@ class ExportError(BitsoundError):
 
 class RegistryError(ConfigError):
     """A name is not registered, or is registered twice."""
+
+
+class DistributedError(BitsoundError):
+    """A process of a distributed run stops because another one (rank 0) failed."""
+
+
+class DeployError(ExportError):
+    """A generated microcontroller project cannot be built or run (a missing cross compiler or
+    QEMU, a compiler error, a failed or timed-out run)."""

@@ -93,20 +93,30 @@ def load_model(path: str | Path) -> SoundClassifier:
         ``.example_input``.
     """
     data = load_torch(Path(path), what="model file")
-    if data.get("format") != FORMAT:
+    # type checks first: a damaged file may hold a tensor here, which == would compare elementwise
+    if not isinstance(data.get("format"), str) or data["format"] != FORMAT:
         raise CheckpointError(f"'{path}' is not a bitsound model file (format "
                               f"{data.get('format')!r}); pass the DIR/model.pt that train wrote")
-    if data.get("version") not in READABLE_VERSIONS:
-        raise CheckpointError(f"model file '{path}' has format version {data.get('version')}; "
+    version = data.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise CheckpointError(f"model file '{path}' has format version {data.get('version')!r}; "
                               f"this bitsound reads versions {READABLE_VERSIONS}: upgrade bitsound")
+    _check_fields(data, path)
     recipe = parse_recipe(data["recipe"], source=f"stored in '{path}'")
-    if data["version"] == 1:
-        net = build_net(recipe, len(data["labels"]))
-    else:
-        net = build_from_spec(data["module_spec"])
+    try:
+        if data["version"] == 1:
+            _check_v1_shapes(recipe, data, path)
+            net = build_net(recipe, len(data["labels"]))
+        else:
+            net = build_from_spec(data["module_spec"])
+    except CheckpointError as err:
+        raise CheckpointError(f"model file '{path}': {err}") from None
+    except RecursionError:
+        raise CheckpointError(f"model file '{path}': its architecture is nested too deeply to be a "
+                              "bitsound network; the file is damaged or not a bitsound model") from None
     try:
         net.load_state_dict(data["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError, KeyError) as err:
         hint = ("; a version-1 file is rebuilt from its recipe, so a network whose shapes changed after "
                 "construction cannot load from one: re-save it with this bitsound "
                 "(bitsound.modelfile.save_model) from the process that holds it"
@@ -116,3 +126,42 @@ def load_model(path: str | Path) -> SoundClassifier:
     model = SoundClassifier(recipe, data["labels"], net)
     model.metrics = data.get("metrics", {})
     return model.eval()
+
+
+def _check_v1_shapes(recipe: Recipe, data: dict, path) -> None:
+    """A version-1 file's network is rebuilt from its recipe: build it on the meta device first
+    (no memory) and compare its shapes with the stored weights, so that a damaged or hostile
+    recipe asking for a huge network is refused before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = build_net(recipe, len(data["labels"]))
+    except Exception:  # a network that cannot be built on the meta device: built as before
+        return
+    wanted = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in data["state_dict"].items() if isinstance(v, torch.Tensor)}
+    if wanted != stored:
+        diff = sorted(set(wanted.items()) ^ set(stored.items()), key=str)[:3]
+        raise CheckpointError(f"model file '{path}': its weights do not fit the network its recipe "
+                              f"builds (e.g. {diff}); a version-1 file is rebuilt from its recipe, so "
+                              "the file is damaged, or its network changed shape after it was built: "
+                              "re-save it with this bitsound (bitsound.modelfile.save_model)")
+
+
+#: Fields of a model file and the type each must have.
+_FIELDS = {"recipe": dict, "labels": list, "state_dict": dict, "metrics": dict}
+
+
+def _check_fields(data: dict, path) -> None:
+    """A model file whose fields are missing or of the wrong type is damaged: say which."""
+    fields = dict(_FIELDS, **({"module_spec": dict} if data.get("version") == 2 else {}))
+    for key, kind in fields.items():
+        if key == "metrics" and key not in data:
+            continue
+        if not isinstance(data.get(key), kind):
+            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise CheckpointError(f"model file '{path}' is damaged: its '{key}' is {found}, not a "
+                                  f"{kind.__name__}; train the model again or copy the file again")
+    labels = data["labels"]
+    if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
+        raise CheckpointError(f"model file '{path}' is damaged: its labels must be distinct strings, "
+                              f"got {labels[:10]!r}; train the model again or copy the file again")

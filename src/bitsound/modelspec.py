@@ -169,7 +169,7 @@ def build_from_spec(spec: dict, *, path: str = "") -> nn.Module:
             obj.register_buffer(k, t, persistent=True if b is None else b["persistent"])
         for k, c in spec["children"].items():
             obj.add_module(k, None if c is None else build_from_spec(c, path=f"{path}.{k}" if path else k))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
         raise CheckpointError(
             f"{where}: the model file's architecture description is malformed ({type(err).__name__}: {err})"
         ) from None

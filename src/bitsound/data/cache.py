@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bitsound.errors import ConfigError
+from bitsound.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ class FeatureCache:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             return None
-        except (ValueError, OSError, EOFError) as exc:
-            self._discard(path, f"unreadable ({exc})")
+        except Exception as exc:  # numpy's header parser raises many types (found by fuzzing)
+            self._discard(path, f"unreadable ({type(exc).__name__}: {exc})")
             return None
         problem = _size_problem(path, array)
         if problem:
@@ -132,13 +132,20 @@ class FeatureCache:
         ------
         TypeError
             ``array`` has an object dtype (it could not be memory-mapped back).
+        DataError
+            The cache folder cannot be written (full, read-only).
         """
         array = np.asarray(array)
         if array.dtype.hasobject:
             raise TypeError(f"cannot cache an array of dtype {array.dtype}; use a numeric dtype")
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(path, array)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(path, array)
+        except OSError as exc:  # disk full, read-only or missing mount: say where and what to do
+            raise DataError(f"cannot write to the feature cache '{self.root}' ({exc.strerror or exc});"
+                            " free space there, pass --cache DIR with a writable folder, or --no-cache"
+                            ) from None
         stored = self.get(key)
         if stored is None:  # only if another process damaged it in between
             raise OSError(f"feature cache file '{path}' could not be read back after writing")

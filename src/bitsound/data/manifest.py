@@ -55,6 +55,17 @@ def open_manifest(path: str) -> Dataset:
         Missing file, missing columns, or bad rows (all of them listed at once).
     """
     csv_path = require_file(path, kind="manifest", expected=_EXPECTED)
+    try:
+        return _read(csv_path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"manifest '{csv_path}' is not UTF-8 text (byte {err.start}: {err.reason}); "
+                        "save it as UTF-8 CSV") from None
+    except csv.Error as err:
+        raise DataError(f"manifest '{csv_path}' is not a readable CSV file ({err}); check its quotes "
+                        "and separators (comma-separated, a header line first)") from None
+
+
+def _read(csv_path: Path) -> Dataset:
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,19 @@ def save_text(text: str, path: Path) -> None:
 
 
 def load_torch(path: Path, *, what: str = "checkpoint") -> dict:
-    """Load a bitsound file with ``weights_only=True`` (no arbitrary code execution)."""
+    """Load a bitsound file with ``weights_only=True`` (no arbitrary code execution).
+
+    The file is checked first (:func:`torch_file_problem`): an empty, truncated or damaged file,
+    or one that is not a PyTorch archive, is one :class:`CheckpointError` that names the file
+    and what is wrong with it, never a traceback.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} '{path}' does not exist; check the path (train writes "
                               f"DIR/model.pt)")
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{what} '{path}' {problem}; {_REMEDY.get(what, _REMEDY[''])}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
@@ -63,6 +72,45 @@ def load_torch(path: Path, *, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"{what} '{path}' is not a bitsound file (top level is "
                               f"{type(obj).__name__}, expected a dict)")
     return obj
+
+
+_REMEDY = {
+    "checkpoint": "delete it and rerun (with --resume the run restarts from the other checkpoint "
+                  "or from scratch)",
+    "model file": "train the model again, or copy the file again from where it was written",
+    "": "replace it with a good copy",
+}
+#: The first bytes of every ZIP archive, the container torch.save writes.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """What is wrong with a file ``torch.save`` should have written, in words; None if nothing.
+
+    torch.save writes a ZIP archive whose members carry CRC-32 checksums, which torch.load does
+    not verify: a flipped bit in a tensor would load silently. So the archive's structure and
+    every member's checksum are checked here: empty, not a ZIP archive, truncated (no central
+    directory at its end: an interrupted copy or download), damaged (a checksum fails).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    with path.open("rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        return (f"is not a PyTorch file: it starts with {head!r}, not a ZIP archive's "
+                f"{_ZIP_MAGIC!r}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return (f"is truncated: its {size} bytes do not end with the directory a complete ZIP "
+                "archive ends with (an interrupted write, copy or download?)")
+    except (zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        return f"is damaged ({size} bytes; the ZIP archive cannot be read: {err})"
+    if bad is not None:
+        return f"is damaged: its part '{bad}' fails its CRC-32 checksum"
+    return None
 
 
 def save_bytes(data: bytes, path: Path) -> None:
