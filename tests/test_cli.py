@@ -117,3 +117,16 @@ def test_complexity_json_and_budget(trained, capsys):
                  "--max-macs", "1000"]) == 1
     err = capsys.readouterr().err
     assert "over budget" in err and "KB" in err
+
+
+def test_keep_last_scores_the_last_epoch_not_the_best(trained, tmp_path):
+    """With train.keep: last the held-out split never picks the model: the kept epoch is the last
+    one, and its held-out accuracy is the one log.jsonl records for that epoch."""
+    _, cache = trained
+    out = tmp_path / "last"
+    assert main(["train", "--recipe", "quickstart", "--data", TINY, "--out", str(out), "--cache", str(cache),
+                 "--set", "train.epochs=3", "--set", "train.keep=last", "-q"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert metrics["best_epoch"] == metrics["epochs_run"] == 3
+    assert metrics["held_out"]["accuracy"] == pytest.approx(log[-1]["val_accuracy"])

@@ -83,6 +83,31 @@ def test_mixtures_are_deterministic_annotated_and_loadable(tmp_path):
             assert added > before
 
 
+def test_speed_perturbation_changes_training_events_only(tmp_path):
+    make_mixtures(_cfg(seed=5), tmp_path / "plain", show_progress=False)
+    make_mixtures(_cfg(seed=5, speed_perturb=0.2), tmp_path / "fast", show_progress=False)
+    for folder, name in (("test", "test_0000.wav"), ("dev", "val_0000.wav")):  # as recorded
+        assert (tmp_path / "plain" / folder / "audio" / name).read_bytes() == \
+            (tmp_path / "fast" / folder / "audio" / name).read_bytes()
+    with open(tmp_path / "plain/dev/sources.csv") as fh:
+        plain = [r for r in csv.DictReader(fh) if r["filename"].startswith("train_")]
+    with open(tmp_path / "fast/dev/sources.csv") as fh:
+        fast = [r for r in csv.DictReader(fh) if r["filename"].startswith("train_")]
+    # the same events are drawn (longer ones may leave no room for the last); each annotation spans
+    # its resampled event: duration / speed, speed in [0.8, 1.2]
+    ratios = []
+    for name in sorted({r["filename"] for r in plain}):
+        p_rows = [r for r in plain if r["filename"] == name]
+        f_rows = [r for r in fast if r["filename"] == name]
+        assert [r["event_file"] for r in f_rows] == [r["event_file"] for r in p_rows][: len(f_rows)]
+        ratios += [(float(f["offset"]) - float(f["onset"])) / (float(q["offset"]) - float(q["onset"]))
+                   for f, q in zip(f_rows, p_rows[: len(f_rows)], strict=True)]
+    assert all(1 / 1.2 - 1e-3 <= r <= 1 / 0.8 + 1e-3 for r in ratios)
+    assert any(abs(r - 1) > 0.01 for r in ratios)
+    with pytest.raises(ValueError):
+        _cfg(speed_perturb=0.7)
+
+
 def test_bad_mix_settings_are_config_errors():
     with pytest.raises(ValueError, match="sum to at most 1"):
         _cfg(fractions={"train": 0.8, "val": 0.3})

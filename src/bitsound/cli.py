@@ -35,19 +35,39 @@ def _percent(value) -> str:
 def cmd_train(args) -> int:
     from bitsound.experiment import data_name, holdout_split, open_recipe_data, train_on_split
     from bitsound.recipes import load_recipe
+    from bitsound.train import distributed
 
     recipe = load_recipe(args.recipe, overrides=args.set)
     _apply_cli_flags(recipe, args)
+    if args.nproc > 1:  # checked here, before N processes start
+        distributed.local_batch_size(recipe.train.batch_size, distributed.DistInfo(world_size=args.nproc))
+        return distributed.launch(_without_nproc(args.argv), nproc=args.nproc)
     out_dir = Path(args.out or Path("runs") / recipe.name)
-    dataset = open_recipe_data(recipe)
-    split = holdout_split(recipe, dataset)
-    log.info("training %s on %s (%d clips) -> %s", recipe.name, data_name(recipe),
-             len(dataset.clips), out_dir)
-    outcome = train_on_split(recipe, dataset, split, out_dir=out_dir, cache=_cache(args),
-                             resume=args.resume, show_progress=not args.quiet,
-                             skip_bad=args.skip_bad)
-    print_train_summary(outcome.result, out_dir)
+    with distributed.session(recipe.train.device):
+        main = distributed.quiet_other_ranks()
+        dataset = open_recipe_data(recipe)
+        split = holdout_split(recipe, dataset)
+        log.info("training %s on %s (%d clips) -> %s", recipe.name, data_name(recipe),
+                 len(dataset.clips), out_dir)
+        outcome = train_on_split(recipe, dataset, split, out_dir=out_dir, cache=_cache(args),
+                                 resume=args.resume, show_progress=not args.quiet and main,
+                                 skip_bad=args.skip_bad, workers=args.workers)
+    if outcome.result is not None:  # rank 0 (or the only process)
+        print_train_summary(outcome.result, out_dir)
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line for each process that ``--nproc N`` starts: the same, less --nproc."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _apply_cli_flags(recipe, args) -> None:
@@ -92,13 +112,21 @@ def _add_skipped_row(table: Table, clip_check: dict | None) -> None:
 def cmd_cv(args) -> int:
     from bitsound.experiment import cross_validate, open_recipe_data
     from bitsound.recipes import load_recipe
+    from bitsound.train import distributed
 
     recipe = load_recipe(args.recipe, overrides=args.set)
     _apply_cli_flags(recipe, args)
+    if args.nproc > 1:
+        distributed.local_batch_size(recipe.train.batch_size, distributed.DistInfo(world_size=args.nproc))
+        return distributed.launch(_without_nproc(args.argv), nproc=args.nproc)
     out_dir = Path(args.out or Path("runs") / f"{recipe.name}-cv")
-    summary = cross_validate(recipe, open_recipe_data(recipe), out_dir=out_dir,
-                             cache=_cache(args), show_progress=not args.quiet,
-                             skip_bad=args.skip_bad)
+    with distributed.session(recipe.train.device):
+        main = distributed.quiet_other_ranks()
+        summary = cross_validate(recipe, open_recipe_data(recipe), out_dir=out_dir,
+                                 cache=_cache(args), show_progress=not args.quiet and main,
+                                 skip_bad=args.skip_bad, workers=args.workers)
+    if summary is None:  # not rank 0 of a distributed run
+        return 0
     table = Table(title=f"bitsound cv: {recipe.name} ({summary.split})")
     for column in ("held out", "clips", "accuracy", "balanced acc.", "macro F1"):
         table.add_column(column)
@@ -118,7 +146,7 @@ def cmd_cv(args) -> int:
 
 def cmd_study(args) -> int:
     from bitsound.recipes import study_path
-    from bitsound.study import COLUMNS, cell, load_study, run_study
+    from bitsound.study import COLUMNS, cell, device_names, load_study, run_study
 
     study = load_study(study_path(args.study))
     out_dir = Path(args.out or Path("runs") / study.study)
@@ -130,6 +158,18 @@ def cmd_study(args) -> int:
     for row in result.rows:
         table.add_row(*(cell(k, getattr(row, k)) for k in COLUMNS))
     out_console.print(table)
+    devices = device_names(result)
+    if devices:  # held-out accuracy per recording device (seed 003 Table 3)
+        seen = {d.device: d.seen for row in result.rows for d in row.per_device}
+        per = Table(title="held-out accuracy per device")
+        for column in ["row", *(f"{d}{' (unseen)' if seen.get(d) is False else ''}" for d in devices),
+                       "overall"]:
+            per.add_column(column)
+        for row in result.rows:
+            accs = {d.device: d.accuracy for d in row.per_device}
+            per.add_row(row.row, *(cell("accuracy", accs.get(d)) for d in devices),
+                        cell("accuracy", row.val_accuracy))
+        out_console.print(per)
     out_console.print(f"tables: {out_dir / 'study.csv'}, {out_dir / 'study.md'} "
                       f"(result: {out_dir / 'study.json'})")
     return 0
@@ -142,7 +182,7 @@ def cmd_evaluate(args) -> int:
     model = load_model(args.model)
     result = evaluate_model(model, args.data, cache=_cache(args),
                             show_progress=not (args.quiet or args.json), skip_bad=args.skip_bad,
-                            model_path=str(args.model))
+                            model_path=str(args.model), workers=args.workers)
     if args.out:
         result.save(Path(args.out))
     if args.json:
@@ -185,12 +225,18 @@ def cmd_predict(args) -> int:
     if args.engine:
         from bitsound.engine.classifier import load_classifier
 
-        classifier = load_classifier(args.engine, isa=args.isa)
+        classifier = load_classifier(args.engine, isa=args.isa, threads=args.threads)
     else:
+        if args.threads != 1:
+            err_console.print("[bold red]error:[/] --threads sets the C engine's threads: use it with "
+                              "--engine FILE.bsnn", highlight=False, soft_wrap=True)
+            return 2
         classifier = load_model(args.model)
     rows = predict_files(classifier, args.files)
     if args.json:
-        print(json.dumps(rows))
+        from bitsound.report.results import PredictRow
+
+        print(json.dumps([PredictRow.model_validate(row).to_json() for row in rows]))
         return 0
     table = Table(title="bitsound predict")
     for column in ("file", "label", "probability", "windows"):
@@ -272,7 +318,9 @@ def cmd_evaluate_events(args) -> int:
                              collar=args.collar, offset_fraction=args.offset_fraction,
                              resolution=args.resolution)
     if args.json:
-        print(json.dumps(report))
+        from bitsound.report.results import EventScoresResult
+
+        print(json.dumps(EventScoresResult.model_validate(report).to_json()))
         return 0
     ev, seg = report["event_based"], report["segment_based"]
     table = Table(title=f"bitsound evaluate-events: {args.est} vs {args.ref} ({ev['n_files']} files)")
@@ -306,7 +354,7 @@ def cmd_mix(args) -> int:
     from bitsound.data.mixtures import MixConfig, make_mixtures
 
     values = {"events_dir": args.events, "backgrounds_dir": args.backgrounds, "seed": args.seed,
-              "background_label": args.background_label}
+              "background_label": args.background_label, "speed_perturb": args.speed_perturb}
     if args.scenes:
         values["scenes"] = [s.strip() for s in args.scenes.split(",") if s.strip()]
     counts = {part: n for part, n in (("train", args.n_train), ("val", args.n_val),
@@ -413,6 +461,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from bitsound.compress import compress, load_pipeline
+    from bitsound.compress.pipeline import COLUMNS, published_rows, table_rows
+
+    pipeline = load_pipeline(args.recipe, overrides=args.set)
+    out_dir = Path(args.out or Path("runs") / f"{Path(args.model).parent.name}-{pipeline.name}")
+    result = compress(pipeline, model_path=args.model, out_dir=out_dir, cache=_cache(args),
+                      show_progress=not args.quiet, skip_bad=args.skip_bad)
+    table = Table(title=f"bitsound compress: {pipeline.name} on {args.model}")
+    for column in COLUMNS:
+        table.add_column(column)
+    for cells in table_rows(result):
+        table.add_row(*cells)
+    out_console.print(table)
+    out_console.print(f"held out: {result.split.kind} '{result.split.name}' ({result.split.n_val} clips); "
+                      f"{result.criterion}")
+    for system, name, accuracy, size, data in published_rows(result):
+        out_console.print(f"published ({system}): {name}: {accuracy}, {size} ({data})", highlight=False)
+    out_console.print(f"models: {out_dir}/STAGE/model.pt (last: {out_dir / 'model.pt'}); table: "
+                      f"{out_dir / 'compress.md'} (result: {out_dir / 'compress.json'})")
+    return 0
+
+
 def cmd_report(args) -> int:
     from bitsound.report.html import write_report
 
@@ -426,15 +497,19 @@ def cmd_bench_layer(args) -> int:
     from bitsound.engine.bench import bench_layer
 
     result = bench_layer(args.cin, args.cout, args.size, args.kernel, threads=args.threads,
-                         isa=args.isa)
+                         isa=args.isa, bconv=args.bconv)
     if args.json:
-        print(json.dumps(result))
+        from bitsound.report.results import LayerBenchResult
+
+        print(json.dumps(LayerBenchResult.model_validate(result).to_json()))
         return 0
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
     table = Table(title=f"binary conv {args.cin}->{args.cout}, {args.kernel}x{args.kernel}, "
-                        f"{result['size'][0]}x{result['size'][1]}, 1 thread ({result['cpu']})",
+                        f"{result['size'][0]}x{result['size'][1]}, {threads} each ({result['cpu']})",
                   show_header=False)
     table.add_row("torch fp32 conv2d", f"{result['torch_ms']:.3f} ms")
-    table.add_row(f"engine binary conv ({result['isa']})", f"{result['engine_ms']:.3f} ms")
+    table.add_row(f"engine binary conv ({result['isa']}, {result['form']} form)",
+                  f"{result['engine_ms']:.3f} ms")
     table.add_row("speed-up", f"{result['speedup']:.1f}x")
     table.add_row("engine binary MACs/s", f"{result['engine_macs_per_s']:.3g}")
     table.add_row("machine XOR+popcount peak", f"{result['peak_macs_per_s']:.3g} binary MACs/s "
@@ -461,6 +536,10 @@ def cmd_list(args) -> int:
         from bitsound.data import list_datasets
 
         rows = list_datasets()
+    elif args.what == "pipelines":
+        from bitsound.recipes import list_pipelines
+
+        rows = list_pipelines()
     else:
         from bitsound.recipes import list_recipes
 
@@ -480,10 +559,47 @@ def cmd_data_check(args) -> int:
     report = check_dataset(open_dataset(args.spec), decode=args.decode,
                            show_progress=not (args.quiet or args.json))
     if args.json:
-        print(json.dumps(report.to_dict()))
+        from bitsound.report.results import DataCheckResult
+
+        print(json.dumps(DataCheckResult.model_validate(report.to_dict()).to_json()))
     else:
         report.render(out_console)
     return 1 if report.problems else 0
+
+
+def cmd_data_cache(args) -> int:
+    from bitsound.experiment import cache_views, open_recipe_data
+    from bitsound.extract import fill_cache
+    from bitsound.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set)
+    if args.data:
+        recipe.data.sources = []
+        recipe.data.spec = args.data
+    dataset = open_recipe_data(recipe)
+    cache = _cache(args)
+    report = fill_cache(dataset, cache_views(recipe, dataset), recipe=recipe, cache=cache,
+                        workers=args.workers, show_progress=not (args.quiet or args.json))
+    rate = report.clips_per_second
+    if args.json:
+        print(json.dumps({"cache": str(cache.root), "n_clips": report.n_clips,
+                          "n_cached": report.n_cached, "n_computed": report.n_computed,
+                          "seconds": round(report.seconds, 3), "workers": report.workers,
+                          "clips_per_second": rate,
+                          "failures": [{"path": p, "problem": w} for p, w in report.failures]}))
+    else:
+        table = Table(title=f"bitsound data cache: {recipe.name}", show_header=False)
+        table.add_row("cache", str(cache.root))
+        table.add_row("clips (per view)", str(report.n_clips))
+        table.add_row("already cached", str(report.n_cached))
+        table.add_row("computed now", f"{report.n_computed} in {report.seconds:.1f} s"
+                      + (f" ({rate:.1f} clips/s, {max(report.workers, 1)} process(es))" if rate else ""))
+        table.add_row("cannot be read", str(len(report.failures)))
+        out_console.print(table)
+        for path, problem in report.failures:
+            err_console.print(f"[bold red]unreadable:[/] {path}: {problem}", highlight=False,
+                              soft_wrap=True)
+    return 1 if report.failures else 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -510,7 +626,30 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
     _add_skip_bad(parser)
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard scalars to OUT/tensorboard (train.tensorboard: true)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train in N processes on this machine with torch.distributed (DDP; "
+                        "gloo on CPU, NCCL on CUDA); train.batch_size is the global batch. Across "
+                        "machines use torchrun -m bitsound (README)")
+    _add_workers(parser)
     _add_common(parser)
+
+
+def _threads_arg(text: str) -> int:
+    """--threads N of the engine commands: an integer in [1, 256]."""
+    from bitsound.engine import MAX_THREADS
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"threads must be an integer in [1, {MAX_THREADS}], got {text!r}")
+    return n
+
+
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="compute features not in the cache in N processes (default: this one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_skip_bad(p)
     p.add_argument("--out", metavar="FILE.json",
                    help="also write the result (scores and every clip's prediction) to this file")
+    _add_workers(p)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -554,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the exported model in the bit-packed C engine")
     p.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"],
                    help="engine instruction set (default: the fastest this CPU has)")
+    p.add_argument("--threads", type=_threads_arg, default=1, metavar="N",
+                   help="engine threads: a file's windows are split over them (default 1)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -611,6 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, help="Hz (default: the backgrounds' rate)")
     p.add_argument("--background-label", default="background",
                    help="label of the time no event covers (default background)")
+    p.add_argument("--speed-perturb", type=float, default=0.0, metavar="S",
+                   help="training mixtures only: play each event at a random speed in [1-S, 1+S] "
+                   "(pitch and duration together; default 0: as recorded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_mix)
@@ -641,6 +786,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: weight precision (fp16 and int8 come with the compression work)")
     p.set_defaults(func=cmd_export, quiet=False)
 
+    from bitsound.deploy.cli import add_parser as add_deploy_parser
+
+    add_deploy_parser(sub)  # bitsound deploy
+
+    p = sub.add_parser("compress", help="prune, quantize, distill a trained model through a pipeline "
+                       "of stages, each saved and measured")
+    p.add_argument("--model", required=True, metavar="DIR/model.pt")
+    p.add_argument("--recipe", required=True, metavar="PIPELINE|FILE.yaml",
+                   help="a shipped pipeline (bitsound list pipelines) or a pipeline YAML file")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODELDIR-PIPELINE)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline value, e.g. --set stages.0.per_step=0.2 (repeatable)")
+    _add_skip_bad(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_compress)
+
     p = sub.add_parser("report", help="one self-contained HTML page over train, cv and study runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by train, cv or study")
     p.add_argument("--out", required=True, metavar="report.html")
@@ -657,13 +818,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cout", type=int, default=256)
     b.add_argument("--size", default="32x32", metavar="HxW")
     b.add_argument("--kernel", type=int, default=3)
-    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--threads", type=_threads_arg, default=1, metavar="N",
+                   help="threads of each side: torch's, and the engine's pixel blocks (default 1)")
     b.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"])
+    b.add_argument("--bconv", default="auto", choices=["auto", "word", "serial", "slice"],
+                   help="the engine's binary conv form (default: the one it picks for the shape)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_layer, quiet=False)
 
     p = sub.add_parser("list", help="list models, quantizers, graph ops, data set kinds or recipes")
-    p.add_argument("what", choices=["models", "quantizers", "ops", "datasets", "recipes"])
+    p.add_argument("what", choices=["models", "quantizers", "ops", "datasets", "recipes", "pipelines"])
     p.set_defaults(func=cmd_list, quiet=False)
 
     p = sub.add_parser("data", help="inspect data sets")
@@ -676,11 +840,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_data_check)
+    c = data_sub.add_parser("cache", help="compute and cache the features a recipe's training uses "
+                            "(in --workers processes; an interrupted run continues where it stopped)")
+    c.add_argument("--recipe", required=True, metavar="NAME|FILE.yaml")
+    c.add_argument("--data", metavar="SPEC", help="data set KIND:PATH, overriding the recipe's")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--cache", metavar="DIR", help="feature cache folder (default: $BITSOUND_CACHE "
+                   "or ~/.cache/bitsound/features)")
+    _add_workers(c)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_data_cache, no_cache=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for train/cv --nproc, which start this command line again
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err_console, show_path=False)], force=True)

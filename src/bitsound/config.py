@@ -31,8 +31,8 @@ class SegmentConfig(Section):
     same recording) is below the value; ``None`` keeps every window.
     """
 
-    length: float = Field(gt=0, description="window length in seconds")
-    hop: float = Field(gt=0, description="hop between window starts in seconds")
+    length: float = Field(gt=0, le=3600, description="window length in seconds")
+    hop: float = Field(gt=0, le=3600, description="hop between window starts in seconds")
     energy_gate_db: float | None = Field(default=None, le=0)
 
 
@@ -49,22 +49,28 @@ class CropConfig(Section):
     their class probabilities (1: the centre window).
     """
 
-    source_seconds: float = Field(gt=0, description="length stored per clip, in seconds")
+    source_seconds: float = Field(gt=0, le=3600, description="length stored per clip, in seconds")
     pad: float = Field(default=0.5, ge=0, le=4)  # ACDNet / EnvNet: half the input at each end
     trim_zeros: bool = False
-    test_crops: int = Field(default=10, ge=1)
+    test_crops: int = Field(default=10, ge=1, le=1000)
+
+
+#: The most samples a clip or model input may hold (256 MB of float32 per channel).
+MAX_CLIP_SAMPLES = 2**26
 
 
 class AudioConfig(Section):
     """How a file becomes model input audio: rate, channels, length or segments."""
 
-    sample_rate: int = Field(default=16000, gt=0)
+    # Upper bounds on sizes (here and in the front ends) are far above any real use; they stop
+    # a damaged or hostile recipe or model file from allocating all memory (found by fuzzing).
+    sample_rate: int = Field(default=16000, gt=0, le=1_000_000)
     # "mono" mixes channels down, "stereo" keeps two (mono files are duplicated, with one log
     # line per data set), an integer picks one channel by index.
     channels: Literal["mono", "stereo"] | Annotated[int, Field(ge=0)] = "mono"
     # The model input: without segmentation or crop each clip is cropped (centred) or
     # zero-padded to this length; with ``crop`` it is the length of each crop.
-    clip_seconds: float = Field(default=1.0, gt=0)
+    clip_seconds: float = Field(default=1.0, gt=0, le=3600)
     segment: SegmentConfig | None = None
     crop: CropConfig | None = None
 
@@ -76,6 +82,12 @@ class AudioConfig(Section):
         if self.crop is not None and self.crop.source_seconds < self.clip_seconds:
             raise ValueError(f"audio.crop.source_seconds={self.crop.source_seconds} is shorter "
                              f"than the model input audio.clip_seconds={self.clip_seconds}")
+        longest = max(self.clip_seconds, self.segment.length if self.segment else 0.0,
+                      self.crop.source_seconds if self.crop else 0.0)
+        if longest * self.sample_rate > MAX_CLIP_SAMPLES:
+            raise ValueError(f"{longest:g} s at {self.sample_rate} Hz is {longest * self.sample_rate:.3g} "
+                             f"samples per clip, more than {MAX_CLIP_SAMPLES} (23 minutes at 48 kHz); "
+                             "cut long recordings into windows with audio.segment")
         return self
 
     @property
@@ -90,13 +102,15 @@ class LogMelConfig(Section):
     """Log-mel spectrogram; the parameters mean what they mean in librosa."""
 
     kind: Literal["logmel"] = "logmel"
-    n_fft: int = Field(default=512, gt=0)
-    win_length: int | None = Field(default=None, gt=0)  # None: n_fft
-    hop_length: int = Field(default=160, gt=0)
-    n_mels: int = Field(default=40, gt=0)
+    n_fft: int = Field(default=512, gt=0, le=65536)
+    win_length: int | None = Field(default=None, gt=0, le=65536)  # None: n_fft
+    hop_length: int = Field(default=160, gt=0, le=65536)
+    n_mels: int = Field(default=40, gt=0, le=4096)
     fmin: float = Field(default=0.0, ge=0)
     fmax: float | None = Field(default=None, gt=0)  # None: sample_rate / 2
     mel_scale: Literal["htk", "slaney"] = "slaney"
+    # librosa's filter norm: "slaney" (unit area) or "none" (peak 1; seed 002's norm=None)
+    mel_norm: Literal["slaney", "none"] = "slaney"
     power: float = Field(default=2.0, gt=0)
     log_offset: float = Field(default=1e-6, gt=0)  # log(mel + log_offset)
     center: bool = True
@@ -111,8 +125,8 @@ class BinaryImageConfig(LogMelConfig):
     # recording's steady background (wind, hum, a noisy microphone) does not turn rows on
     denoise: Literal["none", "band_median"] = "none"
     threshold_value: float = 0.0  # used by "fixed", in the log-mel domain
-    height: int = Field(default=32, gt=0)
-    width: int = Field(default=32, gt=0)
+    height: int = Field(default=32, gt=0, le=4096)
+    width: int = Field(default=32, gt=0, le=4096)
 
 
 class RawConfig(Section):
@@ -273,6 +287,13 @@ class AugmentConfig(Section):
     # random level change, +-gain_db: an offset of log features, a factor of waveforms
     gain_db: float = Field(default=0.0, ge=0)
     mixup_alpha: float = Field(default=0.0, ge=0)  # Zhang et al. 2018; 0 disables
+    # one lambda per example (seed 002's code) instead of one per batch
+    mixup_per_example: bool = False
+    # features: train on a random window of this many frames per example (each example of a
+    # mixup pair cropped on its own; seed 002: 469 -> 400); validation sees every frame
+    time_crop: int | None = Field(default=None, gt=0)
+    # two-channel input: swap left and right with probability 1/2 per example (seed 002)
+    channel_swap: bool = False
     # waveforms only
     random_crop: bool = False  # with audio.crop: a random window per example (else the centre)
     temporal_mask: TemporalMaskConfig | None = None
@@ -296,6 +317,8 @@ class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
+    # "conv": only convolution weights decay (seed 002: "on all convolutional layers")
+    weight_decay_on: Literal["all", "conv"] = "all"
     momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False
 
@@ -326,6 +349,16 @@ class ScheduleConfig(Section):
     monitor: str | None = None
     monitor_mode: Literal["max", "min"] | None = None
     decay: float = Field(default=0.0, ge=0)  # inverse_time only, per iteration
+    # cosine and sgdr: set the rate before every batch (fractional epochs; seed 002's code,
+    # which reaches min_lr at the end of each cycle) instead of once per epoch
+    per_step: bool = False
+
+    @model_validator(mode="after")
+    def _check_per_step(self) -> ScheduleConfig:
+        if self.per_step and self.name not in ("cosine", "sgdr"):
+            raise ValueError(f"train.schedule.per_step applies to the cosine and sgdr schedules, "
+                             f"not {self.name!r}")
+        return self
 
 
 class EarlyStoppingConfig(Section):
@@ -355,11 +388,21 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    # the weights `train` keeps: "best", the epoch with the best early_stopping.metric on the
+    # held-out split (the thesis's validation accuracy), or "last", so that the held-out split
+    # never picks the model and its score is unbiased (`cv` always keeps the last)
+    keep: Literal["best", "last"] = "best"
+    # score the held-out data every N epochs and after the last one (multi-crop validation of a
+    # large waveform model costs as much as an epoch); early-stopping and plateau patience
+    # then count validations, not epochs
+    validate_every: int = Field(default=1, ge=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # kl_divergence: KL(target || softmax), ACDNet's loss for between-class targets; it differs
     # from cross-entropy by the targets' entropy only (same gradients)
     loss: Literal["cross_entropy", "kl_divergence"] = "cross_entropy"
-    balanced_sampling: bool = False  # class-balanced batches (seed 002)
+    # true: class-balanced draws with replacement; "undersample": seed 002's epochs of
+    # n_classes x min(class count), batches filled one example per class in turn
+    balanced_sampling: bool | Literal["undersample"] = False
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     num_threads: int | None = Field(default=None, gt=0)
@@ -497,6 +540,11 @@ class Recipe(Section):
         if self.augment.random_crop and self.audio.crop is None:
             raise ValueError("augment.random_crop needs audio.crop (the stored clip length "
                              "source_seconds from which windows of audio.clip_seconds are cut)")
+        if self.augment.channel_swap and self.audio.n_channels != 2:
+            raise ValueError(f"augment.channel_swap swaps the two channels of stereo input, but "
+                             f"audio.channels is {self.audio.channels!r}; set audio.channels: stereo")
+        if self.augment.mixup_per_example and self.augment.mixup_alpha <= 0:
+            raise ValueError("augment.mixup_per_example needs augment.mixup_alpha > 0")
         return self
 
 
@@ -533,9 +581,12 @@ def parse_recipe(data: dict, *, source: str = "<dict>") -> Recipe:
 
 def read_yaml(path: Path) -> dict:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read recipe file '{path}': {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe file '{path}' is not UTF-8 text (byte {err.start}: {err.reason}); "
+                          "save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -546,26 +597,55 @@ def read_yaml(path: Path) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` overrides (value parsed as YAML) to a nested dict copy."""
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a nested dict copy.
+
+    A part of the path that is a whole number indexes a list (``stages.0.per_step=0.2``);
+    missing sections are created. Every bad override (no ``=``, an empty part, a value that is
+    not YAML, a path through a value or past the end of a list) is a ConfigError quoting it.
+    """
     import copy
 
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"--set '{item}': expected key.path=value, e.g. train.epochs=5")
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set '{item}': '{key}' has an empty part; write key.path=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: a date YAML cannot build
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"--set '{item}': the value of '{key}' is not valid YAML ({problem}); "
+                              f"quote it to pass a string, e.g. {key}='\"{raw}\"'") from None
+        node: Any = data
         for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set '{item}': '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+            node = _override_child(node, part, item)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_override_index(node, last, item)] = value
+        else:
+            node[last] = value
     return data
+
+
+def _override_index(node: list, part: str, item: str) -> int:
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
+        valid = f"0 to {len(node) - 1}" if node else "it is empty"
+        raise ConfigError(f"--set '{item}': '{part}' is not an index of a {len(node)}-item list ({valid})")
+    return int(part)
+
+
+def _override_child(node: Any, part: str, item: str) -> Any:
+    """The section ``part`` of ``node`` (created when missing): a dict, or a list to index."""
+    if isinstance(node, list):
+        child = node[_override_index(node, part, item)]
+    else:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"--set '{item}': '{part}' is a value, not a section")
+    return child

@@ -42,7 +42,7 @@ from bitsound.report.results import (
     TrainResult,
     scores_and_predictions,
 )
-from bitsound.train import ClassificationTask, fit
+from bitsound.train import ClassificationTask, distributed, fit
 from bitsound.train.loop import seed_everything
 from bitsound.train.tasks import DistillationTask
 
@@ -128,8 +128,11 @@ def fingerprint(recipe: Recipe) -> str:
 
 @dataclass
 class TrainOutcome:
+    """What :func:`train_on_split` wrote; ``result`` is None on the ranks other than 0 of a
+    distributed run, which write nothing."""
+
     out_dir: Path
-    result: TrainResult
+    result: TrainResult | None
 
     @property
     def metrics(self) -> dict:
@@ -161,24 +164,31 @@ def held_out_scores(net, features: FeatureSet, *, labels: list[str], level: str,
 def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out_dir: Path,
                    cache: FeatureCache | None, resume: bool = False, select_best: bool = True,
                    show_progress: bool = True, skip_bad: bool = False,
-                   checked: Preflight | None = None) -> TrainOutcome:
+                   checked: Preflight | None = None, workers: int = 0) -> TrainOutcome:
     """Train one model on ``split.train`` (all clips if None), validate on ``split.val``, and
     write ``model.pt``, ``metrics.json`` and ``log.jsonl`` into ``out_dir``.
 
     Before any feature is computed every clip the run uses is checked
     (:func:`bitsound.preflight.check_clips`); a bad clip stops it with the whole list, or with
     ``skip_bad`` is left out. ``checked`` is a check already made and enforced by the caller
-    (``cv`` checks all folds' clips once)."""
+    (``cv`` checks all folds' clips once). ``workers`` > 1 computes features in that many
+    processes (:func:`bitsound.pipeline.build_features`).
+
+    In a distributed run (:mod:`bitsound.train.distributed`) rank 0 checks the clips and fills
+    the feature cache while the other ranks wait, every rank trains, and rank 0 alone scores
+    the model and writes the files."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     recipe = for_split(recipe, split.name if split is not None else "all")
+    _check_distributed(recipe)  # before any work
     train_idx = np.asarray(split.train if split else np.arange(len(dataset.clips)))
     val_idx = np.asarray(split.val if split else [], dtype=np.int64)
     used = np.concatenate([train_idx, val_idx])
     if checked is None:
-        checked = check_clips(dataset, used, recipe=recipe, cache=cache,
-                              show_progress=show_progress)
-        enforce(checked, dataset, skip_bad=skip_bad, action="nothing was trained")
+        checked = distributed.from_main(
+            lambda: _checked(dataset, used, recipe=recipe, cache=cache, skip_bad=skip_bad,
+                             show_progress=show_progress, action="nothing was trained"),
+            what="checking the clips")
     bad = checked.bad
     if bad:
         train_idx = np.array([i for i in train_idx if i not in bad], dtype=np.int64)
@@ -191,20 +201,31 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     label_index = {label: i for i, label in enumerate(labels)}
     # With audio.crop the training clips are stored whole and cropped batch by batch.
     crops = recipe.audio.crop is not None
-    train = build_features(dataset, train_idx, recipe=recipe, label_index=label_index,
-                           cache=cache, show_progress=show_progress, description="train features",
-                           view="source" if crops else "windows")
     train_devices = sorted({d for i in train_idx if (d := dataset.clips[i].device) is not None})
     val_devices = [dataset.clips[i].device for i in val_idx] if split is not None else None
-    val = None
     if split is not None:
         val_labels = set().union(*(dataset.clips[i].all_labels for i in val_idx))
         missing = sorted(val_labels - set(labels))
         if missing:
             raise DataError(f"split '{split.name}': validation labels {missing} never occur in "
                             f"training; choose another split seed or split kind")
-        val = build_features(dataset, val_idx, recipe=recipe, label_index=label_index,
-                             cache=cache, show_progress=show_progress, description="val features")
+    main = distributed.current().is_main
+
+    def features():
+        train = build_features(dataset, train_idx, recipe=recipe, label_index=label_index,
+                               cache=cache, show_progress=show_progress and main,
+                               description="train features", view="source" if crops else "windows",
+                               workers=workers)
+        val = None
+        if split is not None:
+            val = build_features(dataset, val_idx, recipe=recipe, label_index=label_index,
+                                 cache=cache, show_progress=show_progress and main,
+                                 description="val features", workers=workers)
+        return train, val
+
+    # rank 0 fills the cache once; the other ranks then read it
+    train, val = distributed.main_first(features, what="computing features",
+                                        enabled=cache is not None)
 
     seed_everything(recipe.train.seed)
     net = build_net(recipe, len(labels))
@@ -227,9 +248,11 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
     result = fit(model=net, task=task, train_x=train.x, train_y=train.y, cfg=recipe.train,
                  out_dir=out_dir, augment=augment,
                  validate=validate if val is not None else None, resume=resume,
-                 fingerprint=fingerprint(recipe), select_best=select_best,
+                 fingerprint=fingerprint(recipe), select_best=select_best and recipe.train.keep == "best",
                  show_progress=show_progress)
     net.cpu()
+    if not main:
+        return TrainOutcome(out_dir=out_dir, result=None)
     held, predictions = None, []
     if val is not None:
         held, predictions = held_out_scores(net, val, labels=labels, level=level,
@@ -269,6 +292,31 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
 SPLIT_PLACEHOLDER = "{split}"
 
 
+def _check_distributed(recipe: Recipe) -> None:
+    """Refuse a training config the process group cannot run, before any work
+    (:func:`bitsound.train.distributed.check_config`); rank 0 reports it, the others stop."""
+    distributed.from_main(lambda: distributed.check_config(recipe.train), what="checking the recipe")
+
+
+def cache_views(recipe: Recipe, dataset: Dataset) -> dict[str, list[int]]:
+    """The clips whose features ``train`` and ``cv`` store, per view: every clip's windows, and
+    with ``audio.crop`` every clip stored whole as well (a clip trains in one fold, validates in
+    another)."""
+    every = list(range(len(dataset.clips)))
+    views = {"windows": every}
+    if recipe.audio.crop is not None:
+        views["source"] = every
+    return views
+
+
+def _checked(dataset: Dataset, used, *, recipe: Recipe, cache: FeatureCache | None,
+             skip_bad: bool, show_progress: bool, action: str) -> Preflight:
+    """The check of the clips a run uses, enforced (see :mod:`bitsound.preflight`)."""
+    checked = check_clips(dataset, used, recipe=recipe, cache=cache, show_progress=show_progress)
+    enforce(checked, dataset, skip_bad=skip_bad, action=action)
+    return checked
+
+
 def for_split(recipe: Recipe, split_name: str) -> Recipe:
     """The recipe with ``{split}`` in its teacher and init_from paths replaced by the split name.
 
@@ -298,7 +346,8 @@ def make_task(recipe: Recipe, labels: list[str]):
     elif augment.cutmix is not None:
         mixer = CutMixer(alpha=augment.cutmix.alpha, p=augment.cutmix.p)
     common = {"label_smoothing": recipe.train.label_smoothing,
-              "mixup_alpha": augment.mixup_alpha, "mixer": mixer, "loss": recipe.train.loss}
+              "mixup_alpha": augment.mixup_alpha, "mixer": mixer, "loss": recipe.train.loss,
+              "mixup_per_example": augment.mixup_per_example}
     if recipe.train.task == "distillation":
         d = recipe.train.distill
         teacher = _compatible_model(d.teacher, recipe, labels, role="train.distill.teacher")
@@ -327,29 +376,38 @@ def _describe_split(recipe: Recipe, split: Split | None) -> SplitInfo:
 
 def cross_validate(recipe: Recipe, dataset: Dataset, *, out_dir: Path,
                    cache: FeatureCache | None, show_progress: bool = True,
-                   skip_bad: bool = False) -> CvResult:
+                   skip_bad: bool = False, workers: int = 0) -> CvResult | None:
     """Train one model per fold/group and report each held-out score and their mean.
 
     Each model trains for the recipe's full epoch count and is scored as it ends: the held-out
     fold never selects an epoch, so the mean is an honest estimate for unseen folds/speakers.
-    Every clip is checked once before the first fold (see :func:`train_on_split`).
+    Every clip is checked once before the first fold (see :func:`train_on_split`). In a
+    distributed run every fold trains on all ranks and rank 0 alone returns the result (None
+    on the others).
     """
     rows: list[CvFold] = []
     predictions: list[Prediction] = []
+    _check_distributed(recipe)  # before the clips are checked
     every_split = cv_splits(recipe, dataset)
     used = np.concatenate([np.concatenate([s.train, s.val]) for s in every_split])
-    checked = check_clips(dataset, used, recipe=recipe, cache=cache, show_progress=show_progress)
-    enforce(checked, dataset, skip_bad=skip_bad, action="no fold was trained")
+    checked = distributed.from_main(
+        lambda: _checked(dataset, used, recipe=recipe, cache=cache, skip_bad=skip_bad,
+                         show_progress=show_progress, action="no fold was trained"),
+        what="checking the clips")
     for split in every_split:
         log.info("cross-validation: holding out %s (%d clips)", split.name, len(split.val))
         outcome = train_on_split(recipe, dataset, split, out_dir=Path(out_dir) / f"cv-{split.name}",
                                  cache=cache, select_best=False, show_progress=show_progress,
-                                 checked=checked)
+                                 checked=checked, workers=workers)
+        if outcome.result is None:  # not rank 0 of a distributed run
+            continue
         held = outcome.result.held_out
         rows.append(CvFold(held_out=split.name, n=held.n, accuracy=held.accuracy,
                            balanced_accuracy=held.balanced_accuracy, macro_f1=held.macro_f1,
                            log_loss=held.log_loss))
         predictions += outcome.result.predictions
+    if not rows:
+        return None
     accs = np.array([r.accuracy for r in rows])
     summary = CvResult(recipe=recipe.name, data=data_name(recipe), split=recipe.data.cv, folds=rows,
                        mean_accuracy=float(accs.mean()), std_accuracy=float(accs.std()),
@@ -361,7 +419,7 @@ def cross_validate(recipe: Recipe, dataset: Dataset, *, out_dir: Path,
 
 def evaluate_model(model: SoundClassifier, spec: str, *, cache: FeatureCache | None,
                    show_progress: bool = True, skip_bad: bool = False,
-                   model_path: str | None = None) -> EvaluateResult:
+                   model_path: str | None = None, workers: int = 0) -> EvaluateResult:
     """Score ``model`` on every clip of the data set ``spec`` with its own front end and windows.
 
     Labels of the data must be a subset of the model's labels, except for a model trained on a
@@ -394,7 +452,7 @@ def evaluate_model(model: SoundClassifier, spec: str, *, cache: FeatureCache | N
                         "fix the files listed above")
     features = build_features(dataset, kept, recipe=model.recipe,
                               label_index=label_index, cache=cache, show_progress=show_progress,
-                              description="features")
+                              description="features", workers=workers)
     level = model.recipe.evaluation.level
     seen = getattr(model, "metrics", {}).get("train_devices")
     scores, predictions = held_out_scores(model.net, features, labels=model.labels, level=level,

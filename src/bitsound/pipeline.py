@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from torch import nn
 
+from bitsound.audio.codeversion import frontend_code_version
 from bitsound.audio.features import build_frontend
 from bitsound.audio.io import (
     crop_geometry,
@@ -26,6 +26,7 @@ from bitsound.config import AudioConfig, Recipe
 from bitsound.data import Dataset, FeatureCache, make_key
 from bitsound.data.events import window_labels
 from bitsound.errors import AudioDecodeError, ConfigError, DataError
+from bitsound.extract import check_workers, clip_progress, compute_parallel, raise_failures
 from bitsound.metrics import classification_report, per_device_accuracy
 
 log = logging.getLogger("bitsound.pipeline")
@@ -54,10 +55,20 @@ class FeatureSet:
 
 
 def feature_config(recipe: Recipe) -> dict:
-    """The part of a recipe that determines features: the cache key and the model file keep it."""
+    """The part of a recipe that determines features: the cache key and the model file keep it.
+
+    ``code`` is the version of the decoding and front-end code (a hash of its source, see
+    :mod:`bitsound.audio.codeversion`), so that features cached by other code are never served.
+    """
     return {"audio": recipe.audio.model_dump(mode="json"),
             "frontend": recipe.frontend.model_dump(mode="json"),
-            "format": FEATURE_FORMAT_VERSION}
+            "format": FEATURE_FORMAT_VERSION, "code": frontend_code_version()}
+
+
+def cache_config(recipe: Recipe, view: str = "windows") -> dict:
+    """What the feature cache keys a clip's features of ``view`` by (with its identity)."""
+    config = feature_config(recipe)
+    return {**config, "view": view} if view == "source" else config
 
 
 def window_audio(x: np.ndarray, sample_rate: int, audio: AudioConfig) -> np.ndarray:
@@ -94,40 +105,49 @@ def clip_features(dataset: Dataset, clip, *, recipe: Recipe, frontend: nn.Module
 
 def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: dict[str, int],
                    cache: FeatureCache | None, show_progress: bool = True,
-                   description: str = "features", view: str = "windows") -> FeatureSet:
+                   description: str = "features", view: str = "windows",
+                   workers: int = 0) -> FeatureSet:
     """Features of the clips ``dataset.clips[i] for i in indices``, through the cache.
 
     Each clip's features are cached under its file identity and the feature config, so a
     second run (or another split of the same data) decodes nothing. ``view="source"`` stores
     each clip whole for per-batch cropping (``audio.crop``; see :func:`clip_features`).
+    ``workers`` > 1 computes the clips that are not cached in that many processes
+    (:mod:`bitsound.extract`); the result is the same.
     """
     if view not in VIEWS:
         raise ConfigError(f"view must be one of {VIEWS}, got {view!r}")
     if view == "source" and recipe.audio.crop is None:
         raise ConfigError("view='source' stores whole clips for audio.crop, which is not set")
+    check_workers(workers)
     frontend = build_frontend(recipe.frontend, sample_rate=recipe.audio.sample_rate).eval()
-    config = feature_config(recipe)
-    if view == "source":
-        config = {**config, "view": view}
+    config = cache_config(recipe, view)
     xs, clip_of_window, clip_y, window_y = [], [], [], []
     stats: dict = {}
     indices = list(indices)
+    for i in indices:
+        clip = dataset.clips[i]
+        unknown = sorted(clip.all_labels - set(label_index))
+        if unknown:
+            raise DataError(f"clip '{clip.path}' has labels {unknown}, which the model "
+                            f"does not know; known labels: {sorted(label_index)}")
     duplicated_before = duplicated_mono_count()
-    with Progress(transient=True, disable=not show_progress) as progress:
+    ahead = _compute_ahead(dataset, indices, recipe=recipe, config=config, cache=cache, view=view,
+                           workers=workers, show_progress=show_progress, description=description)
+    stats["windows_dropped"] = ahead.windows_dropped if ahead else 0
+    with clip_progress(disable=not show_progress) as progress:
         task = progress.add_task(description, total=len(indices))
         for position, i in enumerate(indices):
             clip = dataset.clips[i]
-            unknown = sorted(clip.all_labels - set(label_index))
-            if unknown:
-                raise DataError(f"clip '{clip.path}' has labels {unknown}, which the model "
-                                f"does not know; known labels: {sorted(label_index)}")
 
             def compute(clip=clip):
                 return clip_features(dataset, clip, recipe=recipe, frontend=frontend, stats=stats,
                                      view=view)
 
             try:
-                if cache is None:
+                if ahead is not None and position in ahead.arrays:
+                    feats = ahead.arrays.pop(position)
+                elif cache is None:
                     feats = compute()
                 else:
                     feats = cache.get_or_compute(make_key(dataset.identity(clip), config), compute)
@@ -151,7 +171,7 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
         log.info("%s: the energy gate dropped %d quiet windows of the clips decoded now "
                  "(cached clips were gated when first decoded)", description,
                  stats["windows_dropped"])
-    duplicated = duplicated_mono_count() - duplicated_before
+    duplicated = duplicated_mono_count() - duplicated_before + (ahead.duplicated if ahead else 0)
     if duplicated:
         log.info("%s: %d mono clips are duplicated to both channels of the 2-channel input "
                  "(audio.channels 'stereo'; clips decoded now, not cached ones)", description,
@@ -163,6 +183,28 @@ def build_features(dataset: Dataset, indices, *, recipe: Recipe, label_index: di
     clip_y = np.asarray(clip_y, dtype=np.int64)
     y = torch.from_numpy(np.concatenate(window_y).astype(np.int64))
     return FeatureSet(x=x, y=y, clip_of_window=clip_of_window, clip_y=clip_y)
+
+
+def _compute_ahead(dataset: Dataset, indices: list[int], *, recipe: Recipe, config: dict,
+                   cache: FeatureCache | None, view: str, workers: int, show_progress: bool,
+                   description: str):
+    """With ``workers`` > 1: compute the clips not cached yet in worker processes (into the
+    cache, or returned without one); None when there is nothing to do in parallel."""
+    if workers <= 1:
+        return None
+    jobs = []
+    for position, i in enumerate(indices):
+        key = make_key(dataset.identity(dataset.clips[i]), config) if cache is not None else None
+        if key is None or key not in cache:
+            jobs.append((position, i, key))
+    if len(jobs) < 2:
+        return None
+    log.info("%s: %d of %d clips to compute, in %d worker processes", description, len(jobs),
+             len(indices), workers)
+    ahead = compute_parallel(dataset, jobs, recipe=recipe, view=view, cache=cache, workers=workers,
+                             show_progress=show_progress, description=description)
+    raise_failures(ahead.failures, total=len(indices), description=description)
+    return ahead
 
 
 def strong_window_labels(clip, n_windows: int, *, recipe: Recipe) -> list[str]:

@@ -94,7 +94,8 @@ def run_study(study: Study, *, out_dir: Path, cache, extra_overrides: list[str] 
             val_accuracy=held.accuracy if held else None,
             val_balanced_accuracy=held.balanced_accuracy if held else None,
             params=report["params"], storage_kb=report["kb"]["storage"], macs=report["macs"],
-            bops=report["bops"], best_epoch=trained.best_epoch, train_seconds=trained.train_seconds))
+            bops=report["bops"], best_epoch=trained.best_epoch, train_seconds=trained.train_seconds,
+            per_device=held.per_device if held and held.per_device else []))
         result = StudyResult(study=study.study, description=study.description, base=study.base,
                              rows=rows)
         # after each row: a crash keeps the rows done so far
@@ -104,11 +105,26 @@ def run_study(study: Study, *, out_dir: Path, cache, extra_overrides: list[str] 
     return result
 
 
+def device_names(result: StudyResult) -> list[str]:
+    """Every device any row was scored on, in the order of the scores (A, B, C, S1 ...)."""
+    names: list[str] = []
+    for row in result.rows:
+        names += [d.device for d in row.per_device if d.device not in names]
+    return names
+
+
+def _device_cells(row, devices: list[str]) -> dict[str, float | None]:
+    by_name = {d.device: d.accuracy for d in row.per_device}
+    return {f"acc_{name}": by_name.get(name) for name in devices}
+
+
 def to_csv(result: StudyResult) -> str:
+    devices = device_names(result)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + [f"acc_{d}" for d in devices])
     writer.writeheader()
-    writer.writerows(row.model_dump(include=set(COLUMNS)) for row in result.rows)
+    writer.writerows({**row.model_dump(include=set(COLUMNS)), **_device_cells(row, devices)}
+                     for row in result.rows)
     return buffer.getvalue()
 
 
@@ -129,4 +145,13 @@ def to_markdown(result: StudyResult) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(k, getattr(row, k)) for k in COLUMNS) + " |"
               for row in result.rows]
+    devices = device_names(result)
+    if devices:  # seed 003 Table 3: held-out accuracy per device, seen ones marked
+        seen = {d.device: d.seen for row in result.rows for d in row.per_device}
+        heads = [f"{d}{' (unseen)' if seen.get(d) is False else ''}" for d in devices]
+        lines += ["", "Held-out accuracy per device:", "",
+                  "| row | " + " | ".join(heads) + " | overall |", "|" + " --- |" * (len(devices) + 2)]
+        lines += ["| " + " | ".join([row.row, *(cell("accuracy", v) for v in
+                                                _device_cells(row, devices).values()),
+                                      cell("accuracy", row.val_accuracy)]) + " |" for row in result.rows]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import Progress
 
@@ -69,6 +70,10 @@ class MixConfig(BaseModel):
     min_gap: float = Field(default=0.3, ge=0)
     sample_rate: int | None = Field(default=None, gt=0)  # None: the backgrounds' rate
     background_label: str = "background"
+    # training events only: each placement plays at a random speed in [1 - s, 1 + s] (a tape speed
+    # change: pitch and duration together, by resampling), so that 8 recordings of a class sound
+    # like more; validation and test events stay as recorded
+    speed_perturb: float = Field(default=0.0, ge=0, lt=0.5)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -256,6 +261,10 @@ class Mixer:
             picks.append((label, files[int(rng.integers(len(files)))]))
         ebrs = rng.uniform(*cfg.ebr_db, size=k)
         sounds = [self._audio(path) for _, path in picks]
+        if cfg.speed_perturb and part == "train":  # drawn last: without it, mixtures are unchanged
+            speeds = rng.uniform(1 - cfg.speed_perturb, 1 + cfg.speed_perturb, size=k)
+            sounds = [soxr.resample(x, self.sample_rate, self.sample_rate / f, quality="HQ")
+                      for x, f in zip(sounds, speeds, strict=True)]
         # drop events from the end until they fit with their gaps
         def free_time() -> float:
             return total - sum(len(s) for s in sounds) / self.sample_rate - (len(picks) - 1) * cfg.min_gap
@@ -351,9 +360,11 @@ def make_mixtures(cfg: MixConfig, out_dir: str | os.PathLike, *, show_progress: 
             "mixtures": cfg.n_mixtures.get(part, 0), "events": n_events,
             "event_files": sum(len(v) for v in split.events[part].values()),
             "recordings": len({b.recording for b in split.backgrounds[part]})}
-    record = {"config": cfg.model_dump(mode="json"), "summary": summary,
-              "split": split.to_json(Path(cfg.events_dir), Path(cfg.backgrounds_dir))}
-    write_text_atomic(out / "split.json", json.dumps(record, indent=1))
+    from bitsound.report.results import MixResult
+
+    record = MixResult(config=cfg.model_dump(mode="json"), summary=summary,
+                       split=split.to_json(Path(cfg.events_dir), Path(cfg.backgrounds_dir)))
+    write_text_atomic(out / "split.json", json.dumps(record.to_json(), indent=1))
     return summary
 
 

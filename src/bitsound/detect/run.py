@@ -128,18 +128,19 @@ def write_events(found: dict[str, list[Detection]], *, tsv: Path, json_path: Pat
     write_text_atomic(tsv, format_dcase(as_table(found)))
     if json_path is None:
         return
-    record = {
-        "files": {name: [{"onset": round(d.event.onset, 4), "offset": round(d.event.offset, 4),
-                          "event_label": d.event.label, "confidence": round(d.confidence, 4),
-                          "peak": round(d.peak, 4)} for d in ds] for name, ds in found.items()},
-        "postprocess": cfg.model_dump(mode="json") if cfg else None,
-    }
+    from bitsound.report.results import DetectedEvent, DetectResult
+
+    result = DetectResult(
+        files={name: [DetectedEvent(onset=round(d.event.onset, 4), offset=round(d.event.offset, 4),
+                                    event_label=d.event.label, confidence=round(d.confidence, 4),
+                                    peak=round(d.peak, 4)) for d in ds] for name, ds in found.items()},
+        postprocess=cfg.model_dump(mode="json") if cfg else None,
+    )
     if run is not None:
-        record.update({"backend": run.backend, "settings": run.settings,
-                       "audio_seconds": round(run.audio_seconds, 3),
-                       "wall_seconds": round(run.wall_seconds, 3),
-                       "real_time_factor": run.real_time_factor})
-    write_text_atomic(json_path, json.dumps(record, indent=1))
+        result = result.model_copy(update={
+            "backend": run.backend, "settings": run.settings, "audio_seconds": round(run.audio_seconds, 3),
+            "wall_seconds": round(run.wall_seconds, 3), "real_time_factor": run.real_time_factor})
+    write_text_atomic(json_path, json.dumps(result.to_json(), indent=1))
 
 
 def load_postprocess(path: str | Path) -> PostprocessConfig:

@@ -163,6 +163,7 @@ class LayerComplexity(Result):
     params: int
     nonzero_params: int
     scale_params: int
+    binary_weights: int = 0  # absent in files written before it existed
     bits_per_weight: int
     input_bits: int
     bytes: dict[str, float]
@@ -183,6 +184,10 @@ class ComplexityResult(Result):
     bytes: dict[str, float]
     kb: dict[str, float]
     flops_seed001: dict[str, float]
+    # parameters each size rule counts (absent in files written before it existed)
+    params_by_rule: dict[str, int] = {}
+    # weights stored at one bit (seed 002's "binary weights"; absent in older files)
+    binary_weights: int = 0
     peak_activation_bytes: int
     peak_activation_layer: str | None
     layers: list[LayerComplexity]
@@ -210,6 +215,8 @@ class StudyRowResult(Result):
     bops: int
     best_epoch: int
     train_seconds: float
+    # held-out accuracy per recording device (seed 003 Table 3's columns); empty without devices
+    per_device: list[DeviceScore] = []
 
 
 class StudyResult(Result):
@@ -219,6 +226,161 @@ class StudyResult(Result):
     description: str = ""
     base: str
     rows: list[StudyRowResult]
+
+
+class CompressStep(Result):
+    """One step of an iterative prune stage: channels removed per layer and what followed."""
+
+    step: int
+    removed: dict[str, int]
+    params: int
+    criterion_accuracy: float | None = None
+    reverted: bool = False
+
+
+class CompressRow(Result):
+    """One stage of ``bitsound compress`` (row 0 is the input model), measured on its saved model.
+
+    Sizes follow :mod:`bitsound.complexity` (``bytes``/``kb`` per rule); ``held_out_*`` is the
+    base model's held-out split; ``criterion_accuracy`` the data that decided (see
+    :class:`CompressResult`); ``bsnn_bytes`` / ``engine_ms`` (mean per example, one thread) the
+    exported model; ``engine`` its agreement with PyTorch (labels, logits, int8 codes).
+    """
+
+    stage: str
+    kind: str
+    model: str | None
+    params: int
+    nonzero_params: int
+    bytes: dict[str, float]
+    kb: dict[str, float]
+    macs: int
+    bops: int
+    flops_seed001: float
+    held_out_accuracy: float | None
+    held_out_balanced_accuracy: float | None = None
+    criterion_accuracy: float | None = None
+    seconds: float
+    bsnn_bytes: int | None = None
+    engine_ms: float | None = None
+    engine: dict | None = None
+    notes: list[str] = []
+    steps: list[CompressStep] = []
+
+
+class CompressResult(Result):
+    """What ``bitsound compress`` measured (``DIR/compress.json``, also ``compress.md``)."""
+
+    pipeline: str
+    description: str = ""
+    model: str
+    recipe: str
+    data: str
+    split: SplitInfo
+    # what decided: "validation: ..." (a part of the training clips) or "held_out"
+    criterion: str
+    rows: list[CompressRow]
+    references: list[str] = []
+
+
+class PredictRow(Result):
+    """One file of ``bitsound predict`` (``--json`` prints a list of them): the label, its
+    probability, how many windows were averaged and every class's probability."""
+
+    file: str
+    label: str
+    probability: float
+    n_windows: int
+    probabilities: dict[str, float] = {}
+
+
+class DetectedEvent(Result):
+    """One event ``bitsound detect`` found: times in seconds, mean and peak class probability."""
+
+    onset: float
+    offset: float
+    event_label: str
+    confidence: float
+    peak: float
+
+
+class DetectResult(Result):
+    """``bitsound detect``'s JSON beside the TSV: every file's events, the settings, the speed."""
+
+    files: dict[str, list[DetectedEvent]]
+    postprocess: dict[str, Any] | None = None
+    backend: str | None = None
+    settings: dict[str, Any] = {}
+    audio_seconds: float | None = None
+    wall_seconds: float | None = None
+    real_time_factor: float | None = None
+
+
+class EventScoresResult(Result):
+    """``bitsound evaluate-events --json``: sed_eval's event- and segment-based scores (overall and
+    per class, as sed_eval reports them) and, with frame scores, PSDS1/PSDS2."""
+
+    event_based: dict[str, Any]
+    segment_based: dict[str, Any]
+    psds1: dict[str, Any] | float | None = None
+    psds2: dict[str, Any] | float | None = None
+
+
+class ClipProblem(Result):
+    path: str
+    problem: str
+
+
+class DataCheckResult(Result):
+    """``bitsound data check --json``: counts of a data set and every problem found."""
+
+    kind: str
+    root: str
+    ok: bool
+    n_clips: int
+    total_duration: float
+    per_class: dict[str, int]
+    per_fold: dict[str, int]
+    per_group: dict[str, int]
+    per_device: dict[str, int]
+    sample_rates: dict[str, int]
+    channels: dict[str, int]
+    problems: list[ClipProblem]
+
+
+class LayerBenchResult(Result):
+    """``bitsound bench layer --json``: one binary conv layer in the engine vs torch fp32, same run."""
+
+    cin: int
+    cout: int
+    size: list[int]
+    kernel: int
+    threads: int
+    isa: str
+    form: str
+    float_out_form: str
+    macs: int
+    torch_ms: float
+    engine_ms: float
+    engine_float_out_ms: float
+    pack_ms: float
+    speedup: float
+    speedup_float_out: float
+    torch_macs_per_s: float
+    engine_macs_per_s: float
+    peak_macs_per_s: float
+    peak_method: str
+    fraction_of_peak: float
+    cpu: str
+
+
+class MixResult(Result):
+    """``bitsound mix``'s ``OUT/split.json``: the settings, counts per part and which event files
+    and background recordings each part holds."""
+
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    split: dict[str, Any]
 
 
 def scores_and_predictions(y_true: np.ndarray, probs: np.ndarray, *, labels: list[str],
@@ -271,6 +433,8 @@ def load_result(path: Path, cls: type[R]) -> R:
                         f"it was written by another bitsound version or edited by hand") from None
 
 
-__all__ = ["ComplexityResult", "CvFold", "CvResult", "EvaluateResult", "LayerComplexity",
-           "Prediction", "Result", "Scores", "SplitInfo", "StudyResult", "StudyRowResult",
-           "TrainResult", "load_result", "scores_and_predictions"]
+__all__ = ["ClipProblem", "ComplexityResult", "CompressResult", "CompressRow", "CompressStep", "CvFold",
+           "CvResult", "DataCheckResult", "DetectResult", "DetectedEvent", "EvaluateResult",
+           "EventScoresResult", "LayerBenchResult", "LayerComplexity", "MixResult", "Prediction",
+           "PredictRow", "Result", "Scores", "SplitInfo", "StudyResult", "StudyRowResult", "TrainResult",
+           "load_result", "scores_and_predictions"]
