@@ -53,6 +53,9 @@ CASES = [
     ("bcnn2d", {"channels": [16, 33, 64], "learn_threshold": True}, AUDIO_SHAPE),  # affine before the sign
     ("bcnn2d", {"channels": [16, 33, 64], "learn_threshold": True, "stream_prelu": True}, AUDIO_SHAPE),
     ("cnn2d", {"channels": [8, 16]}, AUDIO_SHAPE),
+    # a position-aware head: mean over frequency, a dense layer over (channel, time step)
+    ("cnn2d", {"channels": [8, 16], "head": "time"}, AUDIO_SHAPE),
+    ("bcnn2d", {"channels": [16, 33], "head": "time"}, AUDIO_SHAPE),
 ]
 
 

@@ -280,11 +280,11 @@ def cmd_detect(args) -> int:
         write_text_atomic(args.out, json.dumps({"postprocess": tuned.model_dump(mode="json"),
                                                 "tuning": report}, indent=1))
         table = Table(title=f"bitsound detect --tune on {report['n_files']} files ({args.tune})")
-        for column in ("class", "median s", "threshold", "low", "event F1"):
+        for column in ("class", "median s", "threshold", "low", "max gap s", "event F1"):
             table.add_column(column)
         for label, row in report["per_class"].items():
             table.add_row(label, f"{row['median']:.2f}", f"{row['threshold']:.2f}",
-                          f"{row['low_threshold']:.2f}", _percent(row["f1"]))
+                          f"{row['low_threshold']:.2f}", f"{row['max_gap']:.2f}", _percent(row["f1"]))
         out_console.print(table)
         out_console.print(f"event-based F1 on these files: {_percent(report['event_f1_before'])} with "
                           f"the model's settings, {_percent(report['event_f1_after'])} tuned; "

@@ -169,19 +169,24 @@ def load_postprocess(path: str | Path) -> PostprocessConfig:
 DEFAULT_MEDIANS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 DEFAULT_THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_LOW_RATIOS = (1.0, 0.6)
+# gaps merged within one event: speech and laughter pause between syllables, and a window
+# classifier's track dips there
+DEFAULT_MAX_GAPS = (0.0, 0.3, 0.8)
 
 
 def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
          medians: Sequence[float] = DEFAULT_MEDIANS, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-         low_ratios: Sequence[float] = DEFAULT_LOW_RATIOS, collar: float = 0.2,
+         low_ratios: Sequence[float] = DEFAULT_LOW_RATIOS, max_gaps: Sequence[float] = DEFAULT_MAX_GAPS,
+         collar: float = 0.2,
          offset_fraction: float = 0.2, show_progress: bool = True) -> tuple[PostprocessConfig, dict]:
-    """Per-class median filter length and hysteresis thresholds that maximise event-based F1.
+    """Per-class median filter length, hysteresis thresholds and gap merging that maximise
+    event-based F1.
 
     Every combination of the grid is applied to all classes at once and scored with sed_eval;
     each class keeps its best combination (event-based per-class F1 depends only on that
     class's events, so choosing per class is choosing the best of the grid for each). Ties go
-    to the earlier, simpler combination. ``base`` supplies ``ignore``, ``min_duration`` and
-    ``max_gap``. Run it on validation recordings, never on the test set.
+    to the earlier, simpler combination. ``base`` supplies ``ignore`` and ``min_duration``. Run it
+    on validation recordings, never on the test set.
 
     Returns
     -------
@@ -197,13 +202,13 @@ def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
     ref = {name: ref[name] for name in files}  # the reference of the files tuned on
     labels = [lab for lab in run.frames[0].labels if lab not in base.ignore]
     best: dict[str, tuple[float, float, dict]] = {}
-    grid = list(itertools.product(medians, thresholds, low_ratios))
+    grid = list(itertools.product(medians, thresholds, low_ratios, max_gaps))
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task("tuning", total=len(grid))
-        for median, high, ratio in grid:
+        for median, high, ratio, gap in grid:
             low = max(min(high * ratio, high), 0.01)
             cfg = base.model_copy(update={"median": median, "threshold": high,
-                                          "low_threshold": low, "per_class": {}})
+                                          "low_threshold": low, "max_gap": gap, "per_class": {}})
             scores = event_based(ref, as_table(detections(run, cfg)), labels=labels, collar=collar,
                                  offset_fraction=offset_fraction)
             for label in labels:
@@ -211,7 +216,8 @@ def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
                 f1 = row["f1"] or 0.0
                 er = row["error_rate"] if row["error_rate"] is not None else float("inf")
                 if label not in best or (f1, -er) > best[label][:2]:
-                    best[label] = (f1, -er, {"median": median, "threshold": high, "low_threshold": low})
+                    best[label] = (f1, -er, {"median": median, "threshold": high, "low_threshold": low,
+                                             "max_gap": gap})
             progress.advance(task)
     per_class = {label: ClassPostprocess(**choice) for label, (_, _, choice) in best.items()}
     tuned = base.model_copy(update={"per_class": per_class})
@@ -220,7 +226,7 @@ def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
     after = event_based(ref, as_table(detections(run, tuned)), labels=labels, collar=collar,
                         offset_fraction=offset_fraction)
     report = {"n_files": len(files), "grid": {"medians": list(medians), "thresholds": list(thresholds),
-                                              "low_ratios": list(low_ratios)},
+                                              "low_ratios": list(low_ratios), "max_gaps": list(max_gaps)},
               "per_class": {label: {**choice, "f1": f1} for label, (f1, _, choice) in best.items()},
               "event_f1_before": before["f1"], "event_f1_after": after["f1"]}
     return tuned, report

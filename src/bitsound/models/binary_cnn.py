@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.models.cnn import CNN2dParams, FeatureNorm
+from bitsound.models.cnn import CNN2dParams, FeatureNorm, classifier_head
 from bitsound.models.registry import Flag, register_model
 from bitsound.models.thesis import check_input_shape
 from bitsound.nn.layers import BINARY_MODES, BinaryConv2d
@@ -155,6 +155,8 @@ class BinaryCNN2d(nn.Module):
         A learned per-channel shift before each block's sign (ReActNet's RSign).
     stream_prelu : bool
         A per-channel PReLU on each block's output (ReActNet's RPReLU without its shifts).
+    head : {"gap", "time"}
+        See :func:`bitsound.models.cnn.classifier_head`.
 
     Shapes: x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)].
     """
@@ -163,7 +165,7 @@ class BinaryCNN2d(nn.Module):
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
                  dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
                  mode: str = "xnor", shortcut: bool = True, learn_threshold: bool = False,
-                 stream_prelu: bool = False):
+                 stream_prelu: bool = False, head: str = "gap"):
         super().__init__()
         c_in = check_input_shape("bcnn2d", input_shape)[0]
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -199,8 +201,8 @@ class BinaryCNN2d(nn.Module):
                 c_prev = c_out
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(float(dropout)),
-                                  nn.Linear(c_prev, n_classes))
+        self.head = classifier_head(self.features, input_shape=input_shape, n_classes=n_classes,
+                                    dropout=dropout, head=head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)]"""

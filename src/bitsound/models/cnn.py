@@ -58,6 +58,27 @@ class FeatureNorm(nn.Module):
         return f"mode={self.mode!r}, floor_db={self.floor_db}"
 
 
+def classifier_head(features: nn.Module, *, input_shape: tuple[int, ...], n_classes: int, dropout: float,
+                    head: str) -> nn.Sequential:
+    """The classifier after ``features``.
+
+    ``"gap"``: global average pooling, dropout, linear (independent of clip length). ``"time"``:
+    the mean over frequency only, then a linear layer over every (channel, time step), so that
+    the classifier knows *where* in the window a sound is: a detector that names a window by its
+    centre needs that, since an event heard at the edge of the window must not count. The
+    window length is then fixed by ``input_shape``.
+    """
+    with torch.no_grad():  # the shape the features produce, from a dry run
+        c, h, w = features(torch.zeros(1, *input_shape)).shape[1:]
+    if head == "gap":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(float(dropout)),
+                             nn.Linear(c, n_classes))
+    if head == "time":
+        return nn.Sequential(nn.AvgPool2d((h, 1)), nn.Flatten(), nn.Dropout(float(dropout)),
+                             nn.Linear(c * w, n_classes))
+    raise ConfigError(f"model.params.head must be 'gap' or 'time', got {head!r}")
+
+
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True)]
@@ -79,11 +100,14 @@ class CNN2d(nn.Module):
         :class:`FeatureNorm` mode applied to the input.
     floor_db : float, optional
         :class:`FeatureNorm` dynamic-range floor in dB below each example's maximum.
+    head : {"gap", "time"}
+        See :func:`classifier_head`.
     """
 
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
-                 dropout: float = 0.2, norm: str = "band", floor_db: float | None = None):
+                 dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
+                 head: str = "gap"):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"CNN2d needs 2-D features of shape (channels, freq, time); got "
@@ -96,8 +120,8 @@ class CNN2d(nn.Module):
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(c_in, n_classes))
+        self.head = classifier_head(self.features, input_shape=input_shape, n_classes=n_classes,
+                                    dropout=dropout, head=head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)]"""
@@ -112,6 +136,7 @@ class CNN2dParams(ModelParams):
     dropout: Fraction = 0.2
     norm: Literal["band", "example", "none"] = "band"
     floor_db: Annotated[float, Field(gt=0)] | None = None
+    head: Literal["gap", "time"] = "gap"
 
 
 @register_model("cnn2d", params=CNN2dParams, example_input=(1, 40, 101),
