@@ -99,6 +99,22 @@ def test_acdnet_refuses_bad_input_with_the_rule():
         build_model("acdnet", input_shape=(1, 30225), n_classes=10, params={"mode": "ternary"})
 
 
+def test_acdnet_sample_rate_must_be_the_recipes():
+    from bitsound.config import parse_recipe
+    from bitsound.modelfile import build_net
+
+    def recipe(audio_rate, model_rate):
+        return parse_recipe({"name": "t", "data": {"spec": "synthetic"}, "frontend": {"kind": "raw"},
+                             "audio": {"sample_rate": audio_rate, "clip_seconds": 1.51125},
+                             "model": {"name": "acdnet", "params": {"sample_rate": model_rate,
+                                                                   "channels": [4, 8] + [4] * 9}}})
+
+    # 16 kHz audio with the default 20 kHz pooling would build (a multiple of 400) but pool 12.5-ms frames
+    with pytest.raises(ConfigError, match=r"model\.params\.sample_rate=20000 but audio\.sample_rate=16000"):
+        build_net(recipe(16000, 20000), 10)
+    assert build_net(recipe(16000, 16000), 10)(torch.zeros(1, 1, 24180)).shape == (1, 10)
+
+
 @pytest.mark.parametrize(("name", "convs"), [("wavecnn-a", 4), ("wavecnn-b", 5)])
 def test_wave_vgg_blocks(name, convs):
     net = build_model(name, input_shape=(2, 180000), n_classes=3)

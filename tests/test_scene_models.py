@@ -26,6 +26,7 @@ from bitsound.models.bcresnet import BCResNetASC
 from bitsound.models.mcdonnell import McDonnellASC, ResidualBlock
 from bitsound.nn import BinaryConv2d
 from bitsound.nn.freqnorm import FixedPCEN, GlobalFreqNorm, ResNorm, SubSpectralNorm
+from bitsound.train.datastats import collect_data_statistics
 
 
 def _cli_json(capsys, *args) -> dict:
@@ -136,6 +137,25 @@ def test_bcresnet_refuses_what_it_cannot_build():
                     params={"norm": "freq_in", "lam": 0.2})
 
 
+def test_pcen_hop_must_be_the_front_ends():
+    from bitsound.config import parse_recipe
+    from bitsound.modelfile import build_net
+
+    def recipe(norm, hop_length, **params):
+        return parse_recipe({"name": "t", "data": {"spec": "synthetic"},
+                             "audio": {"sample_rate": 16000, "clip_seconds": 0.5},
+                             "frontend": {"kind": "logmel", "n_mels": 64, "n_fft": 1024,
+                                          "hop_length": hop_length},
+                             "model": {"name": "bcresnet-asc-1", "params": {"norm": norm, **params}}})
+
+    # the default 30 ms is the seed's hop, 480 samples at 16 kHz; 512 samples are 32 ms
+    assert isinstance(build_net(recipe("pcen", 480), 3).input_norm, FixedPCEN)
+    with pytest.raises(ConfigError, match=r"hop_seconds=0\.03 but .* 512 / 16000 = 0\.032 s"):
+        build_net(recipe("pcen", 512), 3)
+    assert build_net(recipe("pcen", 512, hop_seconds=0.032), 3).input_norm.hop_seconds == 0.032
+    build_net(recipe("resnorm", 512), 3)  # only the PCEN smoother uses the hop
+
+
 # ------------------------------------------------------------------------------ normalisation layers
 
 def test_resnorm_is_lambda_x_plus_frequency_instance_norm():
@@ -171,21 +191,49 @@ def test_subspectral_norm_normalises_each_sub_band_and_exports_as_a_frequency_ma
     assert torch.allclose(ssn(x).double(), manual, atol=1e-5)
 
 
-def test_global_freq_norm_accumulates_the_training_statistics():
+def test_global_freq_norm_accumulates_the_statistics_it_collects():
     g = torch.Generator().manual_seed(6)
     norm = GlobalFreqNorm(5)
     scale = torch.arange(1, 6).view(1, 1, 5, 1)
     batches = [torch.randn(n, 2, 5, 9, generator=g) * scale + 3 for n in (4, 7, 2)]
+    norm.train()(batches[0])
+    assert not norm.has_statistics  # training batches are not the data's statistics
+    norm.collecting = True
     for b in batches:
         norm(b)
+    norm.collecting = False
     every = torch.cat(batches).double()
     assert torch.allclose(norm.mean.double(), every.mean(dim=(0, 1, 3)), atol=1e-5)
     assert torch.allclose(norm.var.double(), every.var(dim=(0, 1, 3), unbiased=False), atol=1e-4)
-    norm.eval()
     before = norm.mean.clone()
     out = norm(every.float())
-    assert torch.equal(norm.mean, before)  # eval does not update
+    assert torch.equal(norm.mean, before)  # training mode does not update
     assert torch.allclose(out.double().mean(dim=(0, 1, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-5)
+
+
+def test_the_loop_measures_global_freq_norm_on_the_plain_training_features(tmp_path):
+    from bitsound.audio.augment import FeatureAugment
+    from bitsound.config import AugmentConfig, TrainConfig
+    from bitsound.train import ClassificationTask, fit
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 1, 8, 10, generator=g) * torch.arange(1, 9).view(1, 1, 8, 1) + 2
+    y = torch.arange(24) % 3
+    norm = GlobalFreqNorm(8)
+    net = nn.Sequential(norm, nn.Flatten(), nn.Linear(80, 3))
+    # SpecAugment zeroes bands and frames and mixup blends pairs: neither is the data
+    masks = AugmentConfig(freq_masks=2, freq_mask_width=0.5, time_masks=2, time_mask_width=0.5)
+    augment = FeatureAugment(masks, input_kind="logmel")
+    fit(model=net, task=ClassificationTask(mixup_alpha=0.4), train_x=x, train_y=y, augment=augment,
+        cfg=TrainConfig(epochs=2, batch_size=8), out_dir=tmp_path / "a", show_progress=False)
+    assert norm.count.item() == 24 * 10  # every example's frames once, not once per epoch
+    assert torch.allclose(norm.mean.double(), x.double().mean(dim=(0, 1, 3)), atol=1e-5)
+    assert torch.allclose(norm.var.double(), x.double().var(dim=(0, 1, 3), unbiased=False), rtol=1e-4)
+    # fine-tuning (a second fit) keeps the statistics the weights were trained with
+    before = norm.mean.clone()
+    fit(model=net, task=ClassificationTask(), train_x=x[:12] * 3, train_y=y[:12],
+        cfg=TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path / "b", show_progress=False)
+    assert torch.equal(norm.mean, before)
 
 
 def test_fixed_pcen_matches_librosa():
@@ -219,8 +267,9 @@ def _randomized(net: nn.Module) -> nn.Module:
 def test_bcresnet_variants_run_in_the_engine_with_pytorch_logits(norm):
     torch.manual_seed(9)
     net = build_model("bcresnet-asc-1", input_shape=(1, 64, 24), n_classes=4, params={"norm": norm})
-    if norm == "global_freq":
-        net(torch.randn(8, 1, 64, 24) * 2 + 1)  # training statistics
+    if norm == "global_freq":  # training statistics
+        collect_data_statistics(net, torch.randn(8, 1, 64, 24) * 2 + 1, batch_size=4)
+        assert net.input_norm.has_statistics
     net = _randomized(net)
     x = torch.randn(3, 1, 64, 24) * 2
     with torch.no_grad():

@@ -22,7 +22,7 @@ from bitsound.data.sampler import class_cycle_order, undersampled_epoch_size
 from bitsound.errors import ConfigError
 from bitsound.train import ClassificationTask, fit
 from bitsound.train.loop import epoch_order, make_optimizer, seed_everything
-from bitsound.train.schedules import EpochScheduler, step_factor
+from bitsound.train.schedules import step_factor
 
 # ------------------------------------------------------------------------------ sampler
 
@@ -182,18 +182,22 @@ def test_cosine_per_batch_warms_up_linearly_from_zero():
 
 
 def test_the_loop_sets_the_rate_before_every_batch(tmp_path):
-    net = nn.Sequential(nn.Flatten(), nn.Conv1d(1, 1, 1))
-    cfg = TrainConfig.model_validate({"optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 0},
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    cfg = TrainConfig.model_validate({"epochs": 2, "batch_size": 2,
+                                      "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 0},
                                       "schedule": {"name": "sgdr", "restarts": [1], "min_lr": 0.001,
                                                    "per_step": True}})
-    opt = make_optimizer(net, cfg)
-    sched = EpochScheduler(opt, cfg.schedule, epochs=2, steps_per_epoch=5)
-    seen = []
-    for epoch in range(2):
-        for step in range(5):
-            sched.step_batch(epoch, step, 5)
-            seen.append(opt.param_groups[0]["lr"])
-            opt.step()
-        sched.step(None)
+    seen = []  # the rate each optimizer step of fit() uses, read as the step begins
+    handle = register_optimizer_step_pre_hook(lambda opt, a, kw: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        seed_everything(0)
+        fit(model=nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), task=ClassificationTask(),
+            train_x=torch.randn(10, 1, 4), train_y=torch.arange(10) % 2, cfg=cfg, out_dir=tmp_path,
+            show_progress=False)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 * 5  # two epochs of five batches
+    # a warm restart at each epoch: 0.1 on its first batch, down to min_lr on its last
     assert seen[0] == seen[5] == 0.1 and math.isclose(seen[4], 0.001) and math.isclose(seen[9], 0.001)
     assert all(a > b for a, b in zip(seen[:4], seen[1:5], strict=True))

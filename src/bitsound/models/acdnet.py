@@ -140,7 +140,8 @@ class ACDNet(nn.Module):
         or of conv1 ... conv12 (12 values, as Micro-ACDNet).
     sample_rate : int
         Of the waveform; the SFEB pools ``sample_rate / 400`` positions (10-ms frames after
-        the two stride-2 convolutions). Must equal the recipe's ``audio.sample_rate``.
+        the two stride-2 convolutions). Must equal the recipe's ``audio.sample_rate`` (checked
+        when the network is built from a recipe).
     dropout : float in [0, 1)
         Before conv12.
     mode : {"float", "xnor", "binarynet"}
@@ -228,6 +229,15 @@ class ACDNetParams(ModelParams):
     sample_rate: PositiveInt = SAMPLE_RATE
     dropout: Fraction = 0.2
     mode: Literal["float", "xnor", "binarynet"] = "float"
+
+    def check_recipe(self, recipe: Any) -> None:
+        """The SFEB's 10-ms pooling is sized from ``sample_rate``: it must be the audio's."""
+        audio_rate = recipe.audio.sample_rate
+        if self.sample_rate != audio_rate:
+            raise ConfigError(f"model.params.sample_rate={self.sample_rate} but audio.sample_rate="
+                              f"{audio_rate}: ACDNet pools sample_rate / 400 positions into 10-ms frames, "
+                              f"so the two must be equal; set model.params.sample_rate={audio_rate} (or "
+                              f"audio.sample_rate={self.sample_rate})")
 
 
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {

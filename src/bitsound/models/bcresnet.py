@@ -47,6 +47,7 @@ References
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import torch
@@ -123,7 +124,8 @@ class BCResNetASC(nn.Module):
     dropout : float
         Channel dropout in each block (0.1 in the seed).
     hop_seconds : float
-        The front end's hop, used by the ``pcen`` smoother only (30 ms in the seed).
+        The front end's hop, used by the ``pcen`` smoother only (30 ms in the seed); built from
+        a recipe, it must equal ``frontend.hop_length / audio.sample_rate`` (checked).
 
     Shapes: x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)].
     """
@@ -185,6 +187,22 @@ class BCResNetASCParams(ModelParams):
     sub_bands: PositiveInt = 4
     dropout: Fraction = 0.1
     hop_seconds: Annotated[float, Field(gt=0)] = 0.03
+
+    def check_recipe(self, recipe: Any) -> None:
+        """With ``norm: pcen`` the smoother's rate comes from ``hop_seconds``: it must be the
+        front end's hop (``frontend.hop_length / audio.sample_rate``); other norms do not use it."""
+        if self.norm != "pcen":
+            return
+        hop_length = getattr(recipe.frontend, "hop_length", None)
+        if hop_length is None:
+            raise ConfigError(f"model.params.norm pcen smooths log-mel frames, but frontend.kind "
+                              f"{recipe.frontend.kind!r} has no hop; use a logmel front end")
+        hop = hop_length / recipe.audio.sample_rate
+        if not math.isclose(self.hop_seconds, hop, rel_tol=1e-6):
+            raise ConfigError(f"model.params.hop_seconds={self.hop_seconds} but the front end's hop is "
+                              f"frontend.hop_length / audio.sample_rate = {hop_length} / "
+                              f"{recipe.audio.sample_rate} = {hop:g} s: the PCEN smoother (norm pcen) "
+                              f"needs the real frame rate; set model.params.hop_seconds={hop:g}")
 
 
 # 256 log-mel bands; 2 s at the seed's 30 ms hop (any length runs: all-convolutional)

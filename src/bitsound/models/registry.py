@@ -31,6 +31,11 @@ class ModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def check_recipe(self, recipe: Any) -> None:
+        """Raise ConfigError when these params contradict the recipe the network is built for
+        (e.g. a sample rate that must equal its ``audio.sample_rate``); the base checks nothing.
+        :func:`bitsound.modelfile.build_net` calls it."""
+
 
 @dataclass(frozen=True)
 class ModelEntry:

@@ -13,8 +13,9 @@ same shape.
   affine map.
 - :class:`GlobalFreqNorm` -- Table 3's "Global FreqNorm" baseline: each frequency bin is
   normalised by the mean and variance of that bin over the whole training data (all examples,
-  channels and frames seen), not of the batch: the statistics are accumulated in training and
-  used for the normalisation in training and inference alike.
+  channels and frames), not of the batch: the training loop measures them in one pass over the
+  training features without augmentation before the first epoch
+  (:mod:`bitsound.train.datastats`), and they are used unchanged in training and inference.
 - :class:`FixedPCEN` -- Table 3's "Fixed PCEN" baseline: per-channel energy normalisation
   (Wang et al. 2017) with the fixed parameters of ``librosa.pcen`` (gain 0.98, bias 2, power
   0.5, time constant 0.4 s, eps 1e-6), in place of the log compression. It takes the log-mel
@@ -139,10 +140,13 @@ class SubSpectralNorm(nn.Module):
 class GlobalFreqNorm(nn.Module):
     """Normalise each frequency bin by its mean and variance over all training data (Table 3).
 
-    In training mode each batch first updates the accumulated statistics (every example,
-    channel and frame of every batch seen so far count equally: a running Welford merge), then
-    the batch is normalised with them; in eval mode the accumulated statistics are used as they
-    are. Before any batch was seen the layer is the identity (mean 0, variance 1).
+    While ``collecting`` is True each batch first updates the accumulated statistics (every
+    example, channel and frame of every batch seen so far count equally: a running Welford
+    merge); otherwise, in training and eval mode alike, they are used as they are. Training mode
+    does not update them: augmented batches (mixup, SpecAugment) are not the data, so
+    :func:`bitsound.train.datastats.collect_data_statistics` fills them from the plain training
+    features before the first epoch (:func:`bitsound.train.fit` does). Before any batch was
+    collected the layer is the identity (mean 0, variance 1).
 
     Parameters
     ----------
@@ -152,6 +156,10 @@ class GlobalFreqNorm(nn.Module):
         Added to the variance.
     """
 
+    #: set by :func:`~bitsound.train.datastats.collect_data_statistics` for its pass (a class
+    #: default, so that networks saved before it existed rebuild with it)
+    collecting: bool = False
+
     def __init__(self, n_freq: int, *, eps: float = 1e-5):
         super().__init__()
         self.n_freq = n_freq
@@ -160,11 +168,15 @@ class GlobalFreqNorm(nn.Module):
         self.register_buffer("var", torch.ones(n_freq))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
+    @property
+    def has_statistics(self) -> bool:
+        return float(self.count) > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, "GlobalFreqNorm")
         if x.shape[2] != self.n_freq:
             raise ConfigError(f"GlobalFreqNorm was built for {self.n_freq} frequency bins, got {x.shape[2]}")
-        if self.training:
+        if self.collecting:
             with torch.no_grad():
                 self._update(x.detach())
         view = (1, 1, self.n_freq, 1)

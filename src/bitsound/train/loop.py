@@ -29,6 +29,7 @@ from bitsound.data.sampler import balanced_weights, class_cycle_order, undersamp
 from bitsound.errors import CheckpointError, ConfigError
 from bitsound.train import distributed
 from bitsound.train.checkpoint import load_torch, save_text, save_torch
+from bitsound.train.datastats import collect_data_statistics, plain_inputs
 from bitsound.train.scalars import SignFlips, TensorBoardLog
 from bitsound.train.schedules import EpochScheduler
 
@@ -161,7 +162,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     out_dir : Path
         Receives ``log.jsonl`` and ``checkpoints/{best,last}.pt``.
     augment : FeatureAugment, optional
-        Applied to each training batch.
+        Applied to each training batch. Layers that normalise by statistics of the data
+        (:mod:`bitsound.train.datastats`) get them from one pass over ``train_x`` without it
+        before the first epoch.
     validate : callable, optional
         ``validate(model) -> dict`` of held-out metrics (without the ``val_`` prefix), called
         after every epoch in eval mode. Without it there is no early stopping and the last
@@ -230,6 +233,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     # last checkpoint before a crash do not appear twice.
     if ranks.is_main:
         save_text("".join(json.dumps(r) + "\n" for r in history), log_path)
+    if start_epoch == 0:  # layers normalising by the data's statistics: from the plain features
+        collect_data_statistics(model, train_x, batch_size=batch_size, device=device,
+                                prepare=plain_inputs(augment))
 
     stopped_early = False
     flips = SignFlips(model)
