@@ -3,15 +3,18 @@
 Usage::
 
     python benchmarks/bench_compress.py --model runs/digits-cnn/model.pt [--ratios 0.3 0.5 0.7]
-        [--importance l1] [--repeats 20] [--json]
+        [--importance l1|taylor|hybrid] [--taylor-examples 256] [--repeats 20] [--json]
 
-For each ratio the model's prunable channels are removed (structured, by ``--importance``, no
-fine-tuning: size and speed only) and the result is checked and timed beside the unpruned model,
-back to back in the same process: parameters of ``state_dict``, torchinfo's count, MACs, the
-``.bsnn`` size, the reloaded model file (``bitsound.load_model``) giving the same logits, and the
-engine's time per example (minimum over ``--repeats`` runs of a batch, one thread). An fp16 and an
-int8 copy of each pruned network are timed too (int8 calibrated on the random timing features: its
-accuracy is measured by ``bitsound compress``, this is for time and size only).
+For each ratio the model's prunable channels are removed (structured, ranked by ``--importance``
+as ``bitsound compress`` ranks them: ``taylor`` and ``hybrid`` measure seed 001's criterion on
+the model's own training clips, read through its recipe, and ``hybrid`` first zeroes 95 % of
+the weights; no fine-tuning: size and speed only) and the result is checked and timed beside
+the unpruned model, back to back in the same process: parameters of ``state_dict``, torchinfo's
+count, MACs, the ``.bsnn`` size, the reloaded model file (``bitsound.load_model``) giving the
+same logits, and the engine's time per example (minimum over ``--repeats`` runs of a batch, one
+thread). An fp16 and an int8 copy of each pruned network are timed too (int8 calibrated on the
+random timing features: its accuracy is measured by ``bitsound compress``, this is for time and
+size only).
 """
 
 from __future__ import annotations
@@ -66,12 +69,34 @@ def measure(model, net, name: str, folder: Path, x: torch.Tensor, repeats: int) 
             "engine_ms": round(_time(folder / f"{name}.bsnn", x.numpy(), repeats), 4)}
 
 
+def training_batches(model, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to ``n`` of the model's training examples (its recipe's data, its split's training part)."""
+    from bitsound.compress.config import ValidationSettings
+    from bitsound.compress.data import open_compress_data
+    from bitsound.data import FeatureCache, default_cache_root
+
+    data = open_compress_data(model, validation=ValidationSettings(use="held_out"),
+                              cache=FeatureCache(default_cache_root()), show_progress=True)
+    return list(data.batches(n, batch_size=data.recipe.train.batch_size))
+
+
+def importance_of(name: str, net, batches):
+    """The ranking ``bitsound compress`` uses: L1, or Taylor measured on ``batches``."""
+    if name == "l1":
+        return P.L1Importance()
+    importance = P.TaylorImportance()
+    importance.measure(net, batches, torch.nn.functional.cross_entropy)
+    return importance
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--importance", default="l1", choices=["l1"])
+    parser.add_argument("--importance", default="l1", choices=list(P.IMPORTANCES))
+    parser.add_argument("--taylor-examples", type=int, default=256,
+                        help="training examples the Taylor criterion is measured on")
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", action="store_true")
@@ -86,10 +111,14 @@ def main() -> None:
         folder = Path(tmp)
         rows.append(measure(model, model.net, "unpruned", folder, x, args.repeats))
         total = P.prunable_channels(model.net, ex)
+        batches = training_batches(model, args.taylor_examples) if args.importance != "l1" else None
         for ratio in args.ratios:
             net = P.copy_network(model.net)
+            if args.importance == "hybrid":
+                P.sparsify(net, 0.95)
             bad = P.unprunable_groups(net, ex)
-            P.prune_channels(net, ex, round(ratio * total), importance=P.L1Importance(), exclude=list(bad))
+            importance = importance_of(args.importance, net, batches)
+            P.prune_channels(net, ex, round(ratio * total), importance=importance, exclude=list(bad))
             rows.append(measure(model, net, f"pruned {ratio:.0%}", folder, x, args.repeats))
             half = P.copy_network(net)
             Q.to_fp16(half)

@@ -58,7 +58,9 @@ def rows_of(run: Path, rule: str) -> list[dict]:
         result = load_result(run / "compress.json", CompressResult)
         rows = []
         for r in result.rows:
-            row = model_row(f"{run.name}/{r.stage}", Path(r.model), r.held_out_accuracy, rule)
+            # the stage's folder beside compress.json: r.model is the path as the run wrote it,
+            # relative to its working directory, and the run folder may have moved since
+            row = model_row(f"{run.name}/{r.stage}", run / r.stage / "model.pt", r.held_out_accuracy, rule)
             rows.append(row)
         return rows
     if (run / "cv.json").is_file():

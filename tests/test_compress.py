@@ -348,10 +348,14 @@ def test_pipelines_are_validated_with_key_paths():
                                   "wavecnn-prune-fp16-acc", "wavecnn-prune-fp16-close", "int8-ptq"])
 def test_shipped_pipelines_load_and_take_overrides(name):
     from bitsound.models import MODELS
+    from bitsound.published import get_published
 
     p = load_pipeline(name)
     assert p.name == name and p.stage_names()[0].startswith("01-")
     assert all(m in MODELS for m in p.models)  # written for registered families
+    # every reference resolves to a published system with points to draw beside the result
+    assert all(get_published(ref).points for ref in p.references)
+    assert bool(p.references) == (name != "int8-ptq")
     changed = load_pipeline(name, overrides=["stages.0.name=first", "validation.fraction=0.2"])
     assert changed.stage_names()[0] == "01-first" and changed.validation.fraction == 0.2
     with pytest.raises(ConfigError, match="not an index"):

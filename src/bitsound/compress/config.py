@@ -19,7 +19,10 @@ model and one row of the result table (:mod:`bitsound.compress.pipeline`)::
         epochs: 5
 
 Every section refuses unknown keys, naming their dotted path. ``finetune.train`` overrides the
-model's own recipe ``train`` section (epochs, optimizer, schedule ...), validated as one.
+model's own recipe ``train`` section (epochs, optimizer, schedule ...): keys are merged into it,
+except that a section naming another ``name`` (``schedule: {name: constant}`` over a cosine
+schedule) replaces the recipe's section whole. Every stage's merged training section is
+validated before the first stage runs.
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ exactly the clips it never saw:
 - **held out**: the model's held-out split (``data.split`` of its recipe, or, for a fold of
   ``bitsound cv``, the fold named in its metrics); only measured, never trained on;
 - **fine-tuning**: the model's training clips, less the **validation** clips;
-- **validation**: a part of the training clips (group-disjoint when the groups allow a share
-  within half to twice the asked fraction, else stratified) that decides the stopping criteria
-  and the best fine-tuning epoch (``validation.use: held_out`` lets the held-out split decide
-  instead, and says so).
+- **validation**: a part of the training clips that decides the stopping criteria and the best
+  fine-tuning epoch (``validation.use: held_out`` lets the held-out split decide instead, and
+  says so). It is group-disjoint, as every split of the project: clips of one recording or
+  speaker share its sound, and a validation part holding some of them would score what
+  fine-tuning trains on. When the training clips' groups are too few or too large to give a
+  share within half to twice ``validation.fraction``, the pipeline is refused; a stratified
+  clip-level split is used only when asked for (``validation.by: clip``) or when the clips
+  have no groups.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from bitsound.config import AugmentConfig, Recipe, input_kind
 from bitsound.data import FeatureCache, Split, splits
 from bitsound.data.records import Dataset
 from bitsound.errors import ConfigError, DataError
-from bitsound.experiment import cv_splits, data_name, holdout_split, open_recipe_data
+from bitsound.experiment import (
+    clip_labels,
+    cv_splits,
+    data_name,
+    holdout_split,
+    open_recipe_data,
+    without_bad_clips,
+)
 from bitsound.modelfile import SoundClassifier, feature_shape
 from bitsound.pipeline import FeatureSet, build_features, score
 from bitsound.preflight import check_clips, enforce
@@ -120,21 +131,43 @@ def _validation_part(dataset: Dataset, train_idx: np.ndarray, settings: Validati
                      ) -> tuple[np.ndarray, np.ndarray, str]:
     clips = [dataset.clips[i] for i in train_idx]
     groups = {c.group for c in clips}
-    how = "group-disjoint"
-    try:
-        if None in groups or len(groups) < 3:
-            raise DataError("too few groups")
-        part = splits.group_split(clips, val_fraction=settings.fraction, seed=settings.seed)
-        share = len(part.val) / len(clips)
-        # a few large groups (3 speakers) cannot give the asked share: one would take a third
-        if not len(part.train) or not 0.5 * settings.fraction <= share <= 2 * settings.fraction:
-            raise DataError("the groups are too large for the asked share")
-    except DataError:
+    if settings.by == "clip" or groups == {None}:
         part = splits.stratified_split(clips, val_fraction=settings.fraction, seed=settings.seed)
-        how = "stratified: the groups are too few or too large to keep them apart"
+        how = ("stratified by clip: the clips have no groups" if groups == {None} else
+               "stratified by clip (validation.by: clip): clips of one group on both sides")
+    else:
+        part = _group_part(clips, groups, settings)
+        how = "group-disjoint"
     described = (f"validation: {len(part.val)} of the {len(clips)} training clips ({how}, seed "
                  f"{settings.seed}), not used for fine-tuning")
     return train_idx[np.asarray(part.train)], train_idx[np.asarray(part.val)], described
+
+
+def _group_part(clips: list, groups: set, settings: ValidationSettings) -> Split:
+    """A group-disjoint validation part of about ``settings.fraction``, or a ConfigError why not."""
+    frac = settings.fraction
+    if None in groups:
+        raise DataError(f"{sum(c.group is None for c in clips)} of the {len(clips)} training clips have no "
+                        "group, the others have: a group-disjoint validation part needs every clip's group; "
+                        "fix the data set's groups or ask for validation.by: clip")
+    reason = None
+    if len(groups) < 2:
+        reason = f"the training clips come from {len(groups)} group"
+    else:
+        part = splits.group_split(clips, val_fraction=frac, seed=settings.seed)
+        share = len(part.val) / len(clips)
+        # a few large groups (3 speakers) cannot give the asked share: one would take a third
+        if len(part.train) and 0.5 * frac <= share <= 2 * frac:
+            return part
+        reason = (f"the {len(groups)} groups of the training clips are too few or too large: the closest "
+                  f"group-disjoint part holds {share:.0%} of them, not within half to twice the asked "
+                  f"{frac:.0%}")
+    raise ConfigError(
+        f"validation part: {reason}. Splitting by clip instead would put clips of one group (recording, "
+        f"speaker) on both sides, so the deciding accuracy would score clips fine-tuning trains on; "
+        f"bitsound splits by group. Let the held-out split decide (--set validation.use=held_out; its "
+        f"accuracy is then no longer unbiased), try another validation.fraction, or opt in to the "
+        f"clip-level split knowingly (--set validation.by=clip)")
 
 
 def open_compress_data(model: SoundClassifier, *, validation: ValidationSettings,
@@ -148,9 +181,8 @@ def open_compress_data(model: SoundClassifier, *, validation: ValidationSettings
     used = np.concatenate([train_idx, held_idx])
     checked = check_clips(dataset, used, recipe=recipe, cache=cache, show_progress=show_progress)
     bad = enforce(checked, dataset, skip_bad=skip_bad, action="nothing was compressed")
-    train_idx = np.array([i for i in train_idx if i not in bad], dtype=np.int64)
-    held_idx = np.array([i for i in held_idx if i not in bad], dtype=np.int64)
-    labels = sorted(set().union(*(dataset.clips[i].all_labels for i in train_idx)))
+    train_idx, held_idx = without_bad_clips(train_idx, held_idx, bad, val_name=split.name)
+    labels = clip_labels(dataset, train_idx)
     if labels != list(model.labels):
         raise DataError(f"the model predicts {model.labels}, but its training clips now have labels "
                         f"{labels}; the data changed since it was trained")
@@ -158,8 +190,9 @@ def open_compress_data(model: SoundClassifier, *, validation: ValidationSettings
         fit_idx, val_idx, criterion = _validation_part(dataset, train_idx, validation)
     else:
         fit_idx, val_idx = train_idx, np.array([], dtype=np.int64)
-        criterion = ("held_out: the held-out split decides the stopping criteria too, so its accuracy "
-                     "is not an unbiased estimate")
+        criterion = ("held_out: the held-out split is the deciding data too (accuracy floors, the best "
+                     "fine-tuning epoch), so where the pipeline decides anything its accuracy is not an "
+                     "unbiased estimate")
     label_index = {label: i for i, label in enumerate(labels)}
     crops = recipe.audio.crop is not None
 

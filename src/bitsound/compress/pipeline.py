@@ -19,6 +19,10 @@ FLOPs, held-out accuracy, the deciding accuracy, the stage's time and, when the 
 the ``.bsnn`` size, the engine's time per example and its agreement with PyTorch (labels,
 logits, int8 codes). The rows form a :class:`~bitsound.report.results.CompressResult`
 (``OUT/compress.json``, ``OUT/compress.md``); ``OUT/model.pt`` is the last stage's model.
+Each fine-tuning's ``log.jsonl`` stays in the stage's folder; its checkpoints (weights and
+optimizer state, of no use once the stage's model is saved) are deleted when it ends.
+
+Every stage's training section is validated before the data is opened (:func:`check_stages`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +55,7 @@ from bitsound.compress.config import (
     Target,
 )
 from bitsound.compress.data import CompressData, open_compress_data
-from bitsound.config import TrainConfig, format_validation_error, input_kind
+from bitsound.config import Recipe, TrainConfig, format_validation_error, input_kind
 from bitsound.data import FeatureCache
 from bitsound.errors import ConfigError, ExportError
 from bitsound.experiment import make_task
@@ -58,7 +63,7 @@ from bitsound.modelfile import load_model, save_model
 from bitsound.report.results import CompressResult, CompressRow, CompressStep
 from bitsound.train import fit
 from bitsound.train.checkpoint import save_text
-from bitsound.train.loop import seed_everything
+from bitsound.train.loop import CHECKPOINT_DIR, seed_everything
 from bitsound.train.tasks import DistillationTask
 
 log = logging.getLogger("bitsound.compress")
@@ -67,10 +72,56 @@ INPUT_STAGE = "00-input"
 
 
 def _merge(base: dict, update: dict) -> dict:
+    """``update``'s keys over ``base``'s, section by section; a section that names another
+    ``name`` (``schedule: {name: constant}`` over a cosine schedule) replaces the base's whole,
+    so that no key of the other kind (``per_step``, ``warmup_epochs``) is left behind."""
     out = dict(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        same_kind = isinstance(old, dict) and v.get("name", old.get("name")) == old.get("name") \
+            if isinstance(v, dict) else False
+        out[k] = _merge(old, v) if same_kind else v
     return out
+
+
+def stage_train_config(recipe: Recipe, settings: FinetuneSettings) -> TrainConfig:
+    """The model recipe's ``train`` section with a stage's ``finetune`` settings over it."""
+    base = recipe.train.model_dump(mode="json", exclude={"task", "distill", "init_from"})
+    merged = _merge(base, settings.train)
+    merged["epochs"] = settings.epochs
+    if "validate_every" in TrainConfig.model_fields and "validate_every" not in settings.train:
+        merged["validate_every"] = 1  # short fine-tuning: every epoch may be the best one
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source="(finetune.train of the pipeline)")
+                          .replace("invalid recipe", "invalid")) from None
+
+
+def stage_settings(stage) -> FinetuneSettings | None:
+    """The training a stage runs (None: it trains nothing)."""
+    if isinstance(stage, FinetuneStage):
+        return stage.settings()
+    settings = getattr(stage, "finetune", None)
+    return settings if settings is not None and settings.epochs > 0 else None
+
+
+def check_stages(pipeline: Pipeline, recipe: Recipe) -> None:
+    """Validate the pipeline's ``references`` and every stage's merged training section before
+    any stage runs, so that a typo in the last stage fails at once, not hours in; ConfigError
+    naming the stage."""
+    from bitsound.published import get_published
+
+    for name in pipeline.references:  # parse_pipeline checks them; a Pipeline built in code too
+        get_published(name)
+    for stage, name in zip(pipeline.stages, pipeline.stage_names(), strict=True):
+        settings = stage_settings(stage)
+        if settings is None:
+            continue
+        try:
+            stage_train_config(recipe, settings)
+        except ConfigError as err:
+            raise ConfigError(f"stage {name}: {err}") from None
 
 
 class _Run:
@@ -89,28 +140,29 @@ class _Run:
 
     # -- training -----------------------------------------------------------------------------
     def train_config(self, settings: FinetuneSettings) -> TrainConfig:
-        base = self.data.recipe.train.model_dump(mode="json", exclude={"task", "distill", "init_from"})
-        merged = _merge(base, settings.train)
-        merged["epochs"] = settings.epochs
-        if "validate_every" in TrainConfig.model_fields and "validate_every" not in settings.train:
-            merged["validate_every"] = 1  # short fine-tuning: every epoch may be the best one
-        try:
-            return TrainConfig.model_validate(merged)
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, source="(finetune.train of the pipeline)")
-                              .replace("invalid recipe", "invalid")) from None
+        return stage_train_config(self.data.recipe, settings)
+
+    def make_task(self, recipe: Recipe, settings: FinetuneSettings):
+        """The recipe's training task, distilled from the uncompressed model when asked."""
+        task = make_task(recipe, self.data.labels)
+        if settings.distill is None:
+            return task
+        return DistillationTask(self.teacher, temperature=settings.distill.temperature,
+                                alpha=settings.distill.alpha, label_smoothing=task.label_smoothing,
+                                mixup_alpha=task.mixup_alpha, mixer=task.mixer, loss=task.loss,
+                                mixup_per_example=task.mixup_per_example)
 
     def finetune(self, net: nn.Module, settings: FinetuneSettings, out_dir: Path) -> dict | None:
-        """Train ``net`` in place through the one loop; returns a summary (None for 0 epochs)."""
+        """Train ``net`` in place through the one loop; returns a summary (None for 0 epochs).
+
+        The fit's checkpoints (best and last weights, optimizer state) are deleted when it is
+        done: the stage's ``model.pt`` keeps the result, and a pruning run of dozens of steps
+        would otherwise leave gigabytes of them."""
         if settings.epochs == 0:
             return None
         cfg = self.train_config(settings)
         recipe = self.data.recipe.model_copy(update={"train": cfg})
-        task = make_task(recipe, self.data.labels)
-        if settings.distill is not None:
-            task = DistillationTask(self.teacher, temperature=settings.distill.temperature,
-                                    alpha=settings.distill.alpha, label_smoothing=task.label_smoothing,
-                                    mixup_alpha=task.mixup_alpha, mixer=task.mixer, loss=task.loss)
+        task = self.make_task(recipe, settings)
         augment = FeatureAugment(recipe.augment, input_kind=input_kind(recipe.frontend), audio=recipe.audio)
         has_val = self.data.validation is not None
         seed_everything(cfg.seed)
@@ -119,11 +171,20 @@ class _Run:
                      validate=(lambda m: self.data.score(m, "validation")) if has_val else None,
                      select_best=has_val, show_progress=self.show_progress)
         net.cpu()
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
         return {"epochs": result.epochs_run, "best_epoch": result.best_epoch}
 
     # -- measuring ----------------------------------------------------------------------------
     def measure(self, net: nn.Module) -> dict:
         return complexity_report(net, self.data.input_shape)
+
+    def target_kb(self, net: nn.Module, target: Target) -> float:
+        """KB of ``net`` under the target's rule, its float weights at the target's bits."""
+        if target.bits == 16:  # as the fp16 stage will store it: measured on a converted copy
+            net = P.copy_network(net)
+            P.fold_masks(net)
+            Q.to_fp16(net, layers="all")
+        return float(self.measure(net)["kb"][target.rule])
 
     def target_met(self, net: nn.Module, target: Target | None, removed: int, total: int) -> bool:
         if target is None:
@@ -132,7 +193,7 @@ class _Run:
             return True
         if target.params is not None and sum(p.numel() for p in net.parameters()) <= target.params:
             return True
-        return target.kb is not None and self.measure(net)["kb"][target.rule] <= target.kb
+        return target.kb is not None and self.target_kb(net, target) <= target.kb
 
     def record(self, net: nn.Module, stage: str, kind: str, seconds: float, notes: list[str],
                steps: list[CompressStep] | None = None) -> tuple[CompressRow, nn.Module]:
@@ -216,22 +277,26 @@ class _Run:
         if P.has_masks(net):
             P.fold_masks(net)
             notes.append("unstructured masks folded first")
-        if st.importance == "hybrid":
-            fraction = 0.95 if st.sparsify is None else st.sparsify
-            zeroed = P.sparsify(net, fraction)
-            notes.append(f"sparsified: {zeroed:,} weights ({fraction:.0%}) set to zero (l0, seed 001)")
         floor = None
         if st.min_accuracy is not None or st.max_accuracy_drop is not None:
             drop = st.max_accuracy_drop
             floor = max(st.min_accuracy or 0.0, self.base_criterion - drop if drop is not None else 0.0)
             notes.append(f"accuracy floor {100 * floor:.2f} % on the deciding data")
+        # kept when step 1 is undone: the input model, which was checked, not the sparsified one
+        unpruned = P.copy_network(net) if floor is not None else None
+        if st.importance == "hybrid":
+            fraction = 0.95 if st.sparsify is None else st.sparsify
+            zeroed = P.sparsify(net, fraction)
+            notes.append(f"sparsified: {zeroed:,} weights ({fraction:.0%}) set to zero (l0, seed 001)")
         exclude = list(st.exclude)
         broken = P.unprunable_groups(net, ex, exclude=exclude)
         if broken:
             exclude += list(broken)
-            notes.append("left unpruned (removing a channel breaks the network, e.g. a channel-to-row "
-                         "permute the dependency graph cannot follow): "
-                         + "; ".join(f"{k} ({v})" for k, v in broken.items()))
+            widths = {n: getattr(m, "out_channels", getattr(m, "out_features", "?"))
+                      for n, m in net.named_modules() if n in broken}
+            notes.append("left unpruned at their channel counts (removing a channel breaks the network, "
+                         "e.g. a channel-to-row permute the dependency graph cannot follow): "
+                         + "; ".join(f"{k} keeps {widths[k]} ({v})" for k, v in broken.items()))
         total = P.prunable_channels(net, ex, exclude=exclude)
         if total == 0:
             raise ConfigError("prune: no layer of this network has channels the pruner can remove")
@@ -253,7 +318,7 @@ class _Run:
                 n = min(n, math.ceil(st.target.ratio * total) - removed)
             if st.target is not None and (st.target.params is not None or st.target.kb is not None):
                 n = self.fewest_for_target(net, plan, n, st, exclude)
-            before = P.copy_network(net) if floor is not None else None
+            before = (unpruned if step == 1 else P.copy_network(net)) if floor is not None else None
             done = P.apply_plan(net, ex, plan, n, exclude=exclude, min_channels=st.min_channels)
             if done.total == 0:
                 notes.append(f"stopped after {step - 1} steps: every layer is at min_channels")
@@ -267,9 +332,10 @@ class _Run:
                      f"{record.params:,}", 100 * acc)
             if floor is not None and acc < floor:
                 steps.append(record.model_copy(update={"reverted": True}))
-                notes.append(f"step {step} took accuracy to {100 * acc:.2f} % (< floor): undone, the "
-                             f"model of step {step - 1} kept")
+                kept = "the input model" if step == 1 else f"the model of step {step - 1}"
+                notes.append(f"step {step} took accuracy to {100 * acc:.2f} % (< floor): undone, {kept} kept")
                 net = before
+                removed -= done.total  # the undone step's channels are back
                 break
             steps.append(record)
         else:
@@ -345,6 +411,7 @@ def compress(pipeline: Pipeline, *, model_path: str | Path, out_dir: str | Path,
     if pipeline.models and model.recipe.model.name not in pipeline.models:
         log.warning("pipeline %s was written for %s; compressing a %s model", pipeline.name,
                     ", ".join(pipeline.models), model.recipe.model.name)
+    check_stages(pipeline, model.recipe)  # before the data is opened or any stage runs
     data = open_compress_data(model, validation=pipeline.validation, cache=cache,
                               show_progress=show_progress, skip_bad=skip_bad)
     run = _Run(pipeline, model, data, out_dir, show_progress=show_progress)
@@ -414,4 +481,5 @@ def markdown_table(result: CompressResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["COLUMNS", "INPUT_STAGE", "compress", "markdown_table", "published_rows", "table_rows"]
+__all__ = ["COLUMNS", "INPUT_STAGE", "check_stages", "compress", "markdown_table", "published_rows",
+           "stage_train_config", "table_rows"]

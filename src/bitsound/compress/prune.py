@@ -25,8 +25,8 @@ across layers (global ranking):
     "Pruning filters for efficient convnets"; seed 004's kernel ranking).
 ``"taylor"``
     Seed 001's first-order Taylor criterion on activations (Molchanov et al. 2017; seed 001
-    eq. 1-4): per channel ``|mean(Z * dC/dZ)|`` over the training batches, each layer's scores
-    divided by their L2 norm, ranked across all layers.
+    eq. 1-4): per channel the mean over training examples of ``|mean over positions of Z *
+    dC/dZ|``, each layer's scores divided by their L2 norm, ranked across all layers.
 ``"hybrid"``
     Seed 001's hybrid pruning: the trained model is first sparsified with the l0 norm (the
     smallest ``sparsify`` fraction of all weights set to zero, eq. 8), then ranked with
@@ -280,8 +280,9 @@ class L1Importance:
 
 
 class TaylorImportance:
-    """Seed 001 eq. 1-4: per channel ``|mean over examples and positions of Z * dC/dZ|`` of each
-    layer's output ``Z``, normalised per layer by the L2 norm of its scores.
+    """Seed 001 eq. 1-4 as Molchanov et al. compute them: per channel, the mean over examples of
+    ``|mean over positions of Z * dC/dZ|`` of each layer's output ``Z`` (the absolute value per
+    example, then averaged), normalised per layer by the L2 norm of its scores.
 
     Call :meth:`measure` with training batches before ranking (the scores belong to the network
     as it was measured; measure again after every pruning step).
@@ -345,10 +346,16 @@ def _channel_dim(m: nn.Module, z: torch.Tensor) -> int:
 
 def sparsify(net: nn.Module, fraction: float) -> int:
     """Seed 001 eq. 8: set the ``fraction`` of all conv/linear weights smallest in magnitude to zero
-    (one global threshold, in place, no mask). Returns how many weights were zeroed."""
+    (one global threshold, in place, no mask). Returns how many weights were zeroed.
+
+    Binary layers (``weight_bits == 1``) are left out, as by :func:`apply_magnitude_masks`: their
+    weights are sign(latent) = ±1, never zero, and zeroing the latent weights would only reset
+    their signs' history.
+    """
     if not 0 <= fraction < 1:
         raise ConfigError(f"sparsify fraction must be in [0, 1), got {fraction}")
-    weights = [m.weight for m in net.modules() if isinstance(m, WEIGHT_LAYERS)]
+    weights = [m.weight for m in net.modules()
+               if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight_bits", 32) != 1]
     if not weights or fraction == 0:
         return 0
     flat = torch.cat([w.detach().abs().flatten() for w in weights])

@@ -141,7 +141,8 @@ def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:
         g = g * bn.weight.double()
     beta = bn.bias.double() if bn.bias is not None else 0.0
     w = _latent_weight(layer)  # a per-channel scale keeps masked zeros at zero
-    b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    b = (layer.bias.double() if layer.bias is not None
+         else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
     w.copy_((w.double() * g.view(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
     new_bias = ((b - bn.running_mean.double()) * g + beta).to(w.dtype)
     if layer.bias is None:
@@ -343,7 +344,9 @@ def int8_codes(net: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor]
 
     Returns ``({layer name: codes [shape=(batch, ...)] int}, logits [shape=(batch, n)])`` with
     ``codes = clamp(round(x / scale) + zero, -128, 127)``, the values the engine's quantize op
-    stores for that layer.
+    stores for that layer, computed in the input's dtype as the layer's forward computes them
+    (float32: a float64 division would round some ``x / scale`` near a half-integer the other
+    way than the layer does).
     """
     codes: dict[str, torch.Tensor] = {}
     layers = {m.input_quantizer: n for n, m in net.named_modules()
@@ -351,7 +354,8 @@ def int8_codes(net: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor]
 
     def hook(q, inputs):
         scale, zero = q.qparams()
-        v = torch.round(inputs[0].double() / np.float32(scale)) + zero
+        x = inputs[0]
+        v = torch.round(x / torch.tensor(scale, dtype=x.dtype, device=x.device)) + zero
         codes[layers[q]] = v.clamp(-128, 127).to(torch.int64)
 
     hooks = [q.register_forward_pre_hook(hook) for q in layers]
