@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -65,18 +66,22 @@ def test_deploy_writes_without_building(tmp_path, thesis_model, capsys):
 def test_deploy_errors_name_the_problem(tmp_path, thesis_model, capsys):
     assert main(["deploy", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "deploy",
-                "--model",
-                str(thesis_model),
-                "--out",
-                str(tmp_path / "c"),
-                "--no-build",
-                "--run",
-                "x.wav",
-            ]
-        )
-        == 2
-    )
+
+
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        (["--no-build", "--run", "x.wav"], "--run runs the built project.*leave out --no-build"),
+        (["--no-frontend", "--run", "x.wav"], "--run feeds.*front end: leave out --no-frontend"),
+        (["--no-build", "--report"], "--report measures the built images: leave out --no-build"),
+        (["--no-frontend", "--report"], "--report measures the front end.*leave out --no-frontend"),
+        (["--target", "host", "--report"], "--report measures the Cortex-M4 image.*--target cortex-m4"),
+    ],
+)
+def test_deploy_refuses_option_combinations_before_any_work(tmp_path, thesis_model, capsys, options, words):
+    """Refused up front, as an error on stderr, with nothing written or built."""
+    out = tmp_path / "c"
+    assert main(["deploy", "--model", str(thesis_model), "--out", str(out), *options]) == 2
+    cap = capsys.readouterr()
+    assert re.search("error:.*" + words, " ".join(cap.err.split())), cap.err
+    assert cap.out == "" and not out.exists()

@@ -104,6 +104,16 @@ def graph_plumbing(rng) -> GraphBuilder:
         name="dw_sign",
     )
     a = b.add_add(a, d, name="add_same")
+    # an ungrouped 1-bit conv (McDonnell's layers): the engine sums it in float, not double
+    s = b.add_conv(
+        a,
+        signs(rng, (8, 8, 3, 3)),
+        rng.normal(size=8),
+        padding=(1, 1, 1, 1),
+        wdtype="sign",
+        weight_scale=rng.uniform(0.1, 1.0, 8),
+        name="conv_sign",
+    )
     row = b.add_slice(d, axis="h", start=2, stop=3, name="row")  # 1 x 8 x 8: broadcast along h
     a = b.add_add(a, row, name="add_bcast")
     narrow = b.add_slice(x, axis="c", start=1, stop=3, name="narrow")
@@ -153,7 +163,10 @@ def graph_plumbing(rng) -> GraphBuilder:
         out_zero=1,
         name="qfc",
     )
-    b.add_output(b.add_dequantize(o, scale=0.05, zero=1, name="dq"))
+    o = b.add_dequantize(o, scale=0.05, zero=1, name="dq")
+    # the 1-bit conv's sums reach the logits unquantized
+    s = b.add_linear(b.add_gap(s, name="gap_sign"), rng.normal(size=(4, 8)), None, name="fc_sign")
+    b.add_output(b.add_add(o, s, name="sum"))
     return b
 
 
@@ -410,6 +423,53 @@ def test_harness_errors_are_reported(tmp_path):
         qemu.parse_output("E the records have the wrong length for this model\n", "host", 3)
     with pytest.raises(DeployError, match="ended before its last line"):
         qemu.parse_output("R 0 1 2 3f800000 3f800000 3f800000\n", "host", 3)
+
+
+ONE = "3f800000"
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        (f"R 0 1 2 {ONE} {ONE}\nX\n", "line 1.*2 logits where the model has 3"),  # a logit lost
+        (f"R 0 1 2 {ONE} {ONE} {ONE}\nR 0 1 2 {ONE} {ONE} {ONE}\nX\n", "line 2.*record 0 where record 1"),
+        (f"R 0 1 2 {ONE} {ONE} 3f80zz00\nX\n", "line 1"),  # not hex
+        (f"R 0 1 2 {ONE} {ONE} 3f8\nX\n", "line 1.*8 hex digits"),
+        (f"R 0 1 2 {ONE} {ONE} {ONE}\nP 1\nX\n", "line 2.*not a harness line"),
+        (f"R 0 1 2 {ONE} {ONE} {ONE}\nS 12 kB\nX\n", "line 2"),
+        (f"R 0 1 2 {ONE} {ONE} {ONE}\nhello\nX\n", "line 2.*'hello'"),
+        (f"R 0 1 2 {ONE} {ONE} {ONE}\nX\nR 1 1 2 {ONE} {ONE} {ONE}\n", "line 3.*after the last one"),
+    ],
+)
+def test_malformed_harness_lines_are_errors(text, words):
+    with pytest.raises(DeployError, match=words):
+        qemu.parse_output(text, "host", 3)
+
+
+def test_logit_rows_must_match_the_records():
+    text = f"R 0 1 2 {ONE} {ONE} {ONE}\nP 1 5\nS 100\nX\n"
+    res = qemu.parse_output(text, "host", 3, records=1)
+    assert res.logits.shape == (1, 3) and res.step_ticks == {1: 5} and res.stack_bytes == 100
+    with pytest.raises(DeployError, match="logits for 1 records of the 2 in input.bin"):
+        qemu.parse_output(text, "host", 3, records=2)
+
+
+def test_run_summary_explains_differences_by_the_builds_sums():
+    """Rounding explains differences only where the build summed in float32."""
+    from bitsound.deploy.workflow import FileRun
+
+    a = np.array([[1.0, 2.0]], np.float32)
+    b = np.array([[1.0, 2.0000002]], np.float32)
+    res = qemu.RunResult("cortex-m4", a, np.zeros(1), np.zeros(1))
+
+    def summary(target, acc, logits=a):
+        return FileRun(target, [("f.wav", 0)], np.zeros((1, 1, 4)), logits, b, ["x", "y"], res, acc).summary()
+
+    assert "sum in float32 here" in summary("cortex-m4", None)
+    assert "sum in float32 here" in summary("host", "float")
+    for target, acc in (("cortex-m4", "double"), ("host", None)):
+        assert "defect of the generated code" in summary(target, acc)
+    assert "bit-identical logits on 1/1" in summary("host", None, b) and "(" not in summary("host", None, b)
 
 
 @needs_cc

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bitsound.deploy.codegen import TARGETS
 from bitsound.deploy.qemu import POPCOUNTS
+from bitsound.errors import ConfigError
 
 
 def add_parser(sub) -> None:
@@ -59,12 +60,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_deploy, quiet=False)
 
 
+def check_options(args) -> None:
+    """A ConfigError for a combination of options that cannot work, before anything is written."""
+    if args.run and args.no_build:
+        raise ConfigError("--run runs the built project on the files: leave out --no-build")
+    if args.run and args.no_frontend:
+        raise ConfigError("--run feeds the files' audio to the model's front end: leave out --no-frontend")
+    if args.report:
+        if args.no_build:
+            raise ConfigError("--report measures the built images: leave out --no-build")
+        if args.no_frontend:
+            raise ConfigError("--report measures the front end with the network: leave out --no-frontend")
+        if args.target != "cortex-m4":
+            raise ConfigError(
+                "--report measures the Cortex-M4 image in QEMU (and the host build beside it): "
+                "use --target cortex-m4"
+            )
+
+
 def cmd_deploy(args) -> int:
     from rich.console import Console
 
     from bitsound.deploy import workflow
     from bitsound.deploy.report import render
 
+    check_options(args)
     out = Console()
     model = workflow.load_graph(args.model)
     build = not args.no_build
@@ -92,10 +112,7 @@ def cmd_deploy(args) -> int:
         )
     windows = None
     if args.run:
-        if not build:
-            out.print("--run needs a build: leave out --no-build")
-            return 2
-        fr = workflow.run_files(model, project, exe, args.run, target=args.target)
+        fr = workflow.run_files(model, project, exe, args.run, target=args.target, acc=args.acc)
         import numpy as np
 
         windows = fr.windows
@@ -135,9 +152,6 @@ def cmd_deploy(args) -> int:
             out.print(t)
             out.print(fr.summary())
     if args.report:
-        if not build or args.no_frontend:
-            out.print("--report needs a build with the front end: leave out --no-build and --no-frontend")
-            return 2
         if windows is None:
             windows = workflow.synthetic_windows(model.recipe)
         rep = workflow.measure(model, project, windows, popcount=args.popcount, acc=args.acc)
@@ -151,4 +165,4 @@ def cmd_deploy(args) -> int:
     return 0
 
 
-__all__ = ["add_parser", "cmd_deploy"]
+__all__ = ["add_parser", "check_options", "cmd_deploy"]

@@ -190,133 +190,113 @@ class _Writer:
     def _scratch(self, s: Step) -> str:
         return f"BUF({self.p.buffers[s.scratch].offset})" if s.scratch else "NULL"
 
+    def _io(self, s: Step, cin: str = "float", cout: str = "float") -> str:
+        """The step's input and output buffers as call arguments."""
+        return f"{self.buf(s.inputs[0], cin, const=True)}, {self.buf(s.output, cout)}"
+
+    def _per_channel(self, k: int, op, *names: str) -> str:
+        """Float arrays of ``op`` named ``P{k}_name``, as call arguments."""
+        return ", ".join(self.em.array(f"P{k}_{n}", op.arrays[n], "float") for n in names)
+
+    def _float_weights(self, k: int, p: dict, a: dict, sign_rows_args: tuple[int, int]) -> str:
+        """w, w16, wsign, wscale of a float-activation layer (the one its wdtype stores; NULL others)."""
+        w = w16 = ws = sc = "NULL"
+        if p["wdtype"] == oc.WDTYPES["f32"]:
+            w = self.em.array(f"P{k}_w", a["weight"], "float")
+        elif p["wdtype"] == oc.WDTYPES["f16"]:
+            w16 = self.em.array(f"P{k}_w16", a["weight_f16"].view(np.uint16), "uint16_t")
+        else:
+            ws = self.em.array(f"P{k}_wsign", sign_rows(a["weight_sign"], *sign_rows_args), "uint32_t")
+            sc = self.em.array(f"P{k}_wscale", a["weight_scale"], "float")
+        return f"{w}, {w16}, {ws}, {sc}"
+
     # -- plumbing ---------------------------------------------------------------------------
     def _input(self, k, s):
         t = self.g.tensors[s.ops[0].output]
-        return (
-            f"bsm_input((bsm_shape){_shape(t)}, {self.buf(s.inputs[0], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')});"
+        return f"bsm_input((bsm_shape){_shape(t)}, {self._io(s)});"
+
+    def _norm(self, k, s, fn: str, mode: int, has_floor: int, floor: float, eps: float) -> str:
+        t = self.g.tensors[s.ops[0].output]
+        self.em.decls.append(
+            f"static const bsm_norm_t P{k} = {{{_shape(t)}, {mode}, {has_floor}, {c_float(floor)}, "
+            f"{c_float(eps)}}};"
         )
+        return f"{fn}(&P{k}, {self._io(s)}, {self._scratch(s)});"
 
     def _feature_norm(self, k, s):
-        op = s.ops[0]
-        p, t = op.params, self.g.tensors[op.output]
-        self.em.decls.append(
-            f"static const bsm_norm_t P{k} = {{{_shape(t)}, {p['mode']}, {p['has_floor']}, "
-            f"{c_float(p['floor'])}, {c_float(p['eps'])}}};"
-        )
-        return (
-            f"bsm_feature_norm(&P{k}, {self.buf(s.inputs[0], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')}, {self._scratch(s)});"
-        )
+        p = s.ops[0].params
+        return self._norm(k, s, "bsm_feature_norm", p["mode"], p["has_floor"], p["floor"], p["eps"])
 
     def _normalize(self, k, s):
-        op = s.ops[0]
-        p, t = op.params, self.g.tensors[op.output]
-        self.em.decls.append(
-            f"static const bsm_norm_t P{k} = {{{_shape(t)}, {p['axes']}, 0, 0.0f, {c_float(p['eps'])}}};"
-        )
-        return (
-            f"bsm_normalize(&P{k}, {self.buf(s.inputs[0], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')}, {self._scratch(s)});"
-        )
+        p = s.ops[0].params
+        return self._norm(k, s, "bsm_normalize", p["axes"], 0, 0.0, p["eps"])
 
     def _affine(self, k, s):
         op = s.ops[0]
         t = self.g.tensors[op.output]
-        sc = self.em.array(f"P{k}_scale", op.arrays["scale"], "float")
-        bi = self.em.array(f"P{k}_bias", op.arrays["bias"], "float")
-        return (
-            f"bsm_affine({t.h * t.w}u, {t.c}, {sc}, {bi}, {self.buf(s.inputs[0], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')});"
-        )
+        return f"bsm_affine({t.h * t.w}u, {t.c}, {self._per_channel(k, op, 'scale', 'bias')}, {self._io(s)});"
 
     def _freq_affine(self, k, s):
         op = s.ops[0]
         t = self.g.tensors[op.output]
-        sc = self.em.array(f"P{k}_scale", op.arrays["scale"], "float")
-        bi = self.em.array(f"P{k}_bias", op.arrays["bias"], "float")
-        return (
-            f"bsm_freq_affine((bsm_shape){_shape(t)}, {sc}, {bi}, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'float')});"
-        )
+        sb = self._per_channel(k, op, "scale", "bias")
+        return f"bsm_freq_affine((bsm_shape){_shape(t)}, {sb}, {self._io(s)});"
 
     def _activation(self, k, s):
         op = s.ops[0]
         t = self.g.tensors[op.output]
-        x, y = self.buf(s.inputs[0], "float", const=True), self.buf(s.output, "float")
         kind = op.params["kind"]
         if kind == oc.ACT_KINDS["prelu"]:
-            sl = self.em.array(f"P{k}_slope", op.arrays["slope"], "float")
-            return f"bsm_prelu({t.h * t.w}u, {t.c}, {sl}, {x}, {y});"
+            return f"bsm_prelu({t.h * t.w}u, {t.c}, {self._per_channel(k, op, 'slope')}, {self._io(s)});"
         name = {v: n for n, v in oc.ACT_KINDS.items()}[kind]
-        return f"bsm_{name}({t.numel}u, {x}, {y});"
+        return f"bsm_{name}({t.numel}u, {self._io(s)});"
 
     def _pack(self, k, s):
         t = self.g.tensors[s.ops[0].output]
-        return (
-            f"bsm_pack({t.h * t.w}u, {t.c}, {self.buf(s.inputs[0], 'float', const=True)}, "
-            f"{self.buf(s.output, 'uint32_t')});"
-        )
+        return f"bsm_pack({t.h * t.w}u, {t.c}, {self._io(s, cout='uint32_t')});"
 
     def _global_avg_pool(self, k, s):
         t = self.g.tensors[s.ops[0].inputs[0]]
+        return f"bsm_global_avg_pool((bsm_shape){_shape(t)}, {self._io(s)});"
+
+    def _two_inputs(self, k, s, fn: str, param: int) -> str:
+        a, b = (self.g.tensors[t] for t in s.ops[0].inputs)
         return (
-            f"bsm_global_avg_pool((bsm_shape){_shape(t)}, {self.buf(s.inputs[0], 'float', const=True)}, "
+            f"{fn}({param}, (bsm_shape){_shape(a)}, (bsm_shape){_shape(b)}, "
+            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.inputs[1], 'float', const=True)}, "
             f"{self.buf(s.output, 'float')});"
         )
 
     def _add(self, k, s):
-        op = s.ops[0]
-        a, b = (self.g.tensors[t] for t in op.inputs)
-        return (
-            f"bsm_add({op.params['mode']}, (bsm_shape){_shape(a)}, (bsm_shape){_shape(b)}, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.inputs[1], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')});"
-        )
+        return self._two_inputs(k, s, "bsm_add", s.ops[0].params["mode"])
 
     def _concat(self, k, s):
-        op = s.ops[0]
-        a, b = (self.g.tensors[t] for t in op.inputs)
-        return (
-            f"bsm_concat({op.params['axis']}, (bsm_shape){_shape(a)}, (bsm_shape){_shape(b)}, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.inputs[1], 'float', const=True)}, "
-            f"{self.buf(s.output, 'float')});"
-        )
+        return self._two_inputs(k, s, "bsm_concat", s.ops[0].params["axis"])
 
     def _slice(self, k, s):
         op = s.ops[0]
         p, t = op.params, self.g.tensors[op.inputs[0]]
-        return (
-            f"bsm_slice({p['axis']}, {p['start']}, {p['stop']}, (bsm_shape){_shape(t)}, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'float')});"
-        )
+        return f"bsm_slice({p['axis']}, {p['start']}, {p['stop']}, (bsm_shape){_shape(t)}, {self._io(s)});"
 
     def _permute(self, k, s):
         op = s.ops[0]
         p = op.params
         self.em.decls.append(f"static const int32_t P{k}_perm[3] = {{{p['p0']}, {p['p1']}, {p['p2']}}};")
         si, so = self.g.tensors[op.inputs[0]], self.g.tensors[op.output]
+        return f"bsm_permute((bsm_shape){_shape(si)}, (bsm_shape){_shape(so)}, P{k}_perm, {self._io(s)});"
+
+    def _requant(self, k, s, fn: str, cin: str, cout: str) -> str:
+        op = s.ops[0]
+        t = self.g.tensors[op.output]
         return (
-            f"bsm_permute((bsm_shape){_shape(si)}, (bsm_shape){_shape(so)}, P{k}_perm, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'float')});"
+            f"{fn}({t.numel}u, {c_float(op.params['scale'])}, {op.params['zero']}, {self._io(s, cin, cout)});"
         )
 
     def _quantize(self, k, s):
-        op = s.ops[0]
-        t = self.g.tensors[op.output]
-        return (
-            f"bsm_quantize({t.numel}u, {c_float(op.params['scale'])}, {op.params['zero']}, "
-            f"{self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'int8_t')});"
-        )
+        return self._requant(k, s, "bsm_quantize", "float", "int8_t")
 
     def _dequantize(self, k, s):
-        op = s.ops[0]
-        t = self.g.tensors[op.output]
-        return (
-            f"bsm_dequantize({t.numel}u, {c_float(op.params['scale'])}, {op.params['zero']}, "
-            f"{self.buf(s.inputs[0], 'int8_t', const=True)}, {self.buf(s.output, 'float')});"
-        )
+        return self._requant(k, s, "bsm_dequantize", "int8_t", "float")
 
     # -- pools ------------------------------------------------------------------------------
     def _pool(self, k, s, fn: str, ctype: str, count_include_pad: int = 0):
@@ -326,7 +306,7 @@ class _Writer:
             f"static const bsm_pool_t P{k} = {{{_shape(si)}, {_shape(so)}, "
             f"{_brace(_pool_geom(op))}, {count_include_pad}}};"
         )
-        return f"{fn}(&P{k}, {self.buf(s.inputs[0], ctype, const=True)}, {self.buf(s.output, ctype)});"
+        return f"{fn}(&P{k}, {self._io(s, ctype, ctype)});"
 
     def _maxpool2d(self, k, s):
         bits = self.g.tensors[s.ops[0].inputs[0]].dtype == "bits"
@@ -345,22 +325,12 @@ class _Writer:
     def _linear(self, k, s):
         op = s.ops[0]
         p, a = op.params, op.arrays
-        w = w16 = ws = sc = "NULL"
-        if p["wdtype"] == oc.WDTYPES["f32"]:
-            w = self.em.array(f"P{k}_w", a["weight"], "float")
-        elif p["wdtype"] == oc.WDTYPES["f16"]:
-            w16 = self.em.array(f"P{k}_w16", a["weight_f16"].view(np.uint16), "uint16_t")
-        else:
-            ws = self.em.array(f"P{k}_wsign", sign_rows(a["weight_sign"], p["nout"], p["nin"]), "uint32_t")
-            sc = self.em.array(f"P{k}_wscale", a["weight_scale"], "float")
+        weights = self._float_weights(k, p, a, (p["nout"], p["nin"]))
         bias = self.em.array(f"P{k}_bias", a["bias"], "float") if p["has_bias"] else "NULL"
         self.em.decls.append(
-            f"static const bsm_linear_t P{k} = {{{p['nin']}, {p['nout']}, {p['wdtype']}, "
-            f"{w}, {w16}, {ws}, {sc}, {bias}}};"
+            f"static const bsm_linear_t P{k} = {{{p['nin']}, {p['nout']}, {p['wdtype']}, {weights}, {bias}}};"
         )
-        return (
-            f"bsm_linear(&P{k}, {self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'float')});"
-        )
+        return f"bsm_linear(&P{k}, {self._io(s)});"
 
     # -- convolutions -----------------------------------------------------------------------
     def _conv2d(self, k, s):
@@ -368,14 +338,7 @@ class _Writer:
         p, a = conv.params, conv.arrays
         taps = p["kh"] * p["kw"] if conv.kind == "conv2d" else p["k"]
         cg = p["cin"] // p["groups"]
-        w = w16 = ws = sc = "NULL"
-        if p["wdtype"] == oc.WDTYPES["f32"]:
-            w = self.em.array(f"P{k}_w", a["weight"], "float")
-        elif p["wdtype"] == oc.WDTYPES["f16"]:
-            w16 = self.em.array(f"P{k}_w16", a["weight_f16"].view(np.uint16), "uint16_t")
-        else:
-            ws = self.em.array(f"P{k}_wsign", sign_rows(a["weight_sign"], p["cout"] * taps, cg), "uint32_t")
-            sc = self.em.array(f"P{k}_wscale", a["weight_scale"], "float")
+        weights = self._float_weights(k, p, a, (p["cout"] * taps, cg))
         bias = self.em.array(f"P{k}_bias", a["bias"], "float") if p["has_bias"] else "NULL"
         epis, pool, pack = [], None, 0
         for j, op in enumerate(s.ops[1:]):
@@ -404,17 +367,14 @@ class _Writer:
         pg = _brace(_pool_geom(pool)) if pool else _brace([1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
         self.em.decls.append(
             f"static const bsm_conv_t P{k} = {{{_shape(si)}, {_shape(sc_t)}, {_brace(_geom(conv))}, "
-            f"{p['cin']}, {p['cout']}, {p['groups']}, {p['wdtype']}, {w}, {w16}, {ws}, {sc}, {bias}, "
+            f"{p['cin']}, {p['cout']}, {p['groups']}, {p['wdtype']}, {weights}, {bias}, "
             f"{len(epis)}, {epi}, {1 if pool else 0}, {pg}, {_shape(so)}, {pack}}};"
         )
         self.em.decls.append(
             f"static BSM_NOINLINE void step{k}(const float *x, void *y, void *s) "
             f"{{ bsm_conv_body(&P{k}, x, y, s); }}"
         )
-        return (
-            f"step{k}({self.buf(s.inputs[0], 'float', const=True)}, {self.buf(s.output, 'void')}, "
-            f"{self._scratch(s)});"
-        )
+        return f"step{k}({self._io(s, 'float', 'void')}, {self._scratch(s)});"
 
     _conv1d = _conv2d
 
@@ -441,10 +401,7 @@ class _Writer:
             f"static BSM_NOINLINE void step{k}(const uint32_t *x, void *y, void *s) "
             f"{{ bsm_bconv_body(&P{k}, x, y, s); }}"
         )
-        return (
-            f"step{k}({self.buf(s.inputs[0], 'uint32_t', const=True)}, {self.buf(s.output, 'void')}, "
-            f"{self._scratch(s)});"
-        )
+        return f"step{k}({self._io(s, 'uint32_t', 'void')}, {self._scratch(s)});"
 
     _binary_conv1d = _binary_conv2d
 
@@ -466,10 +423,7 @@ class _Writer:
             f"{c_float(p['out_scale'])}, {p['out_zero']}}};"
         )
         fn = "bsm_qlinear" if dense else "bsm_qconv"
-        return (
-            f"{fn}(&P{k}, {self.buf(s.inputs[0], 'int8_t', const=True)}, {self.buf(s.output, 'void')}, "
-            f"{self._scratch(s)});"
-        )
+        return f"{fn}(&P{k}, {self._io(s, 'int8_t', 'void')}, {self._scratch(s)});"
 
     def _qconv2d(self, k, s):
         return self._qconv(k, s, False)

@@ -193,28 +193,64 @@ def build(
     return out
 
 
-def parse_output(text: str, target: str, n_classes: int) -> RunResult:
-    """The harness's lines -> RunResult; a DeployError quoting its message when it reports one."""
+def _malformed(target: str, number: int, line: str, why: str) -> DeployError:
+    return DeployError(
+        f"the {target} harness printed a line it never prints (line {number}: {line[:200]!r}): {why}; "
+        "the image and the project are out of step: regenerate and rebuild it"
+    )
+
+
+def parse_output(text: str, target: str, n_classes: int, *, records: int | None = None) -> RunResult:
+    """The harness's lines (its standard output) -> RunResult.
+
+    Every non-blank line must be one the harness prints (harness.c): ``R`` with ``n_classes``
+    logits and the next record index, ``P``, ``S``, then ``X`` last; ``E`` reports its error.
+
+    Raises
+    ------
+    DeployError
+        Quoting the harness's error, a malformed line (with its number), output that ends before
+        ``X``, or, given ``records``, a number of logit rows other than ``records``.
+    """
     rows, fe, net, steps, stack = [], [], [], {}, 0
     done = False
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if parts[0] == "E":
             raise DeployError(f"the {target} harness stopped: {' '.join(parts[1:])}")
-        if parts[0] == "R" and len(parts) == 4 + n_classes:
-            fe.append(int(parts[2]))
-            net.append(int(parts[3]))
-            rows.append(np.array([int(h, 16) for h in parts[4:]], dtype=np.uint32).view(np.float32))
-        elif parts[0] == "P" and len(parts) == 3:
-            steps[int(parts[1])] = int(parts[2])
-        elif parts[0] == "S" and len(parts) == 2:
-            stack = int(parts[1])
-        elif parts[0] == "X":
-            done = True
+        if done:
+            raise _malformed(target, number, line, "a line after the last one (X)")
+        try:
+            if parts[0] == "R":
+                if len(parts) != 4 + n_classes:
+                    raise ValueError(f"{len(parts) - 4} logits where the model has {n_classes}")
+                if int(parts[1]) != len(rows):
+                    raise ValueError(f"record {parts[1]} where record {len(rows)} comes next")
+                if any(len(h) != 8 for h in parts[4:]):
+                    raise ValueError("a logit that is not 8 hex digits")
+                logits = np.array([int(h, 16) for h in parts[4:]], dtype=np.uint32).view(np.float32)
+                fe.append(int(parts[2]))
+                net.append(int(parts[3]))
+                rows.append(logits)
+            elif parts[0] == "P" and len(parts) == 3:
+                steps[int(parts[1])] = int(parts[2])
+            elif parts[0] == "S" and len(parts) == 2:
+                stack = int(parts[1])
+            elif parts == ["X"]:
+                done = True
+            else:
+                raise ValueError("not a harness line")
+        except ValueError as err:
+            raise _malformed(target, number, line, str(err)) from None
     if not done:
         raise DeployError(f"the {target} run ended before its last line; its output:\n{text[-2000:]}")
+    if records is not None and len(rows) != records:
+        raise DeployError(
+            f"the {target} harness printed logits for {len(rows)} records of the {records} in input.bin: "
+            "its output is incomplete"
+        )
     logits = np.stack(rows) if rows else np.zeros((0, n_classes), np.float32)
     return RunResult(target, logits, np.asarray(fe, np.int64), np.asarray(net, np.int64), steps, stack)
 
@@ -234,7 +270,8 @@ def run(
     Raises
     ------
     DeployError
-        When the run fails, times out or its output is incomplete.
+        When the run fails, times out, or its output is malformed or incomplete (fewer or more
+        logit rows than ``records``).
     """
     write_input(project / "input.bin", records, kind)
     if target == "host":
@@ -250,7 +287,11 @@ def run(
             "none",
             "-serial",
             "none",
-            "-semihosting",
+            # the harness's semihosting console on standard output, QEMU's own notes on standard error
+            "-chardev",
+            "stdio,id=semihost",
+            "-semihosting-config",
+            "enable=on,target=native,chardev=semihost",
             "-icount",
             "shift=0",
             "-no-reboot",
@@ -261,10 +302,11 @@ def run(
         r = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise DeployError(f"the {target} run of {project} took more than {timeout:.0f} s") from None
-    text = r.stdout + r.stderr
     if r.returncode != 0:
+        text = r.stdout + r.stderr
         raise DeployError(f"the {target} run of {project} exited with status {r.returncode}:\n{text[-2000:]}")
-    return parse_output(text, target, n_classes)
+    # the harness writes to standard output (the semihosting console on the Cortex-M4)
+    return parse_output(r.stdout, target, n_classes, records=len(records))
 
 
 __all__ = [

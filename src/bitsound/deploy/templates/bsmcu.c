@@ -185,51 +185,51 @@ size_t bsm_bconv_scratch(const bsm_bconv_t *p) { return 2 * bsm_a8((size_t)p->kw
 
 /* ---- pools ---- */
 
-void bsm_maxpool_f32(const bsm_pool_t *p, const float *x, float *y) {
+/* the window of pool output (oy, ox) clipped to the input: rows [*y0, *y1), columns [*x0, *x1) */
+static void pool_window(const bsm_pool_t *p, int32_t oy, int32_t ox, int32_t *y0, int32_t *y1, int32_t *x0,
+                        int32_t *x1) {
     const bsm_geom *g = &p->g;
+    const int32_t iy = oy * g->sh - g->pt, ix = ox * g->sw - g->pl;
+    *y0 = iy < 0 ? 0 : iy;
+    *y1 = iy + g->kh < p->si.h ? iy + g->kh : p->si.h;
+    *x0 = ix < 0 ? 0 : ix;
+    *x1 = ix + g->kw < p->si.w ? ix + g->kw : p->si.w;
+}
+
+void bsm_maxpool_f32(const bsm_pool_t *p, const float *x, float *y) {
     const int32_t c = p->si.c;
     for (int32_t oy = 0; oy < p->so.h; oy++)
         for (int32_t ox = 0; ox < p->so.w; ox++) {
             float *dst = y + ((size_t)oy * p->so.w + ox) * c;
+            int32_t y0, y1, x0, x1;
+            pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
             for (int32_t k = 0; k < c; k++) dst[k] = -INFINITY;
-            for (int32_t ky = 0; ky < g->kh; ky++) {
-                const int32_t iy = oy * g->sh - g->pt + ky;
-                if (iy < 0 || iy >= p->si.h) continue;
-                for (int32_t kx = 0; kx < g->kw; kx++) {
-                    const int32_t ix = ox * g->sw - g->pl + kx;
-                    if (ix < 0 || ix >= p->si.w) continue;
+            for (int32_t iy = y0; iy < y1; iy++)
+                for (int32_t ix = x0; ix < x1; ix++) {
                     const float *src = x + ((size_t)iy * p->si.w + ix) * c;
                     for (int32_t k = 0; k < c; k++) {
                         const float v = src[k], m = dst[k];
                         dst[k] = (v > m || v != v) ? v : m;
                     }
                 }
-            }
         }
 }
 
-/* the max of +-1 values is -1 only when all are -1: an AND of the sign bits */
+/* the max of +-1 values is -1 only when all are -1: an AND of the sign bits (0 for an empty window) */
 void bsm_maxpool_bits(const bsm_pool_t *p, const uint32_t *x, uint32_t *y) {
-    const bsm_geom *g = &p->g;
     const int32_t nw = (p->si.c + 31) / 32;
     for (int32_t oy = 0; oy < p->so.h; oy++)
         for (int32_t ox = 0; ox < p->so.w; ox++) {
             uint32_t *dst = y + ((size_t)oy * p->so.w + ox) * nw;
-            for (int32_t k = 0; k < nw; k++) dst[k] = 0xFFFFFFFFu;
-            int32_t any = 0;
-            for (int32_t ky = 0; ky < g->kh; ky++) {
-                const int32_t iy = oy * g->sh - g->pt + ky;
-                if (iy < 0 || iy >= p->si.h) continue;
-                for (int32_t kx = 0; kx < g->kw; kx++) {
-                    const int32_t ix = ox * g->sw - g->pl + kx;
-                    if (ix < 0 || ix >= p->si.w) continue;
+            int32_t y0, y1, x0, x1;
+            pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
+            const uint32_t init = y1 > y0 && x1 > x0 ? 0xFFFFFFFFu : 0u;
+            for (int32_t k = 0; k < nw; k++) dst[k] = init;
+            for (int32_t iy = y0; iy < y1; iy++)
+                for (int32_t ix = x0; ix < x1; ix++) {
                     const uint32_t *src = x + ((size_t)iy * p->si.w + ix) * nw;
                     for (int32_t k = 0; k < nw; k++) dst[k] &= src[k];
-                    any = 1;
                 }
-            }
-            if (!any)
-                for (int32_t k = 0; k < nw; k++) dst[k] = 0;
         }
 }
 

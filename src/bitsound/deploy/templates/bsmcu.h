@@ -9,7 +9,8 @@
  * Arithmetic: float32 everywhere the engine uses float. The multiply-accumulate sums of float
  * convolutions and dense layers use bsm_acc_t: double on the host (BSM_ACC_DOUBLE, the engine's
  * arithmetic, so that the host build equals the engine bit for bit) and float on the Cortex-M4F by
- * default (double is emulated in software there). Reductions (means, variances) use double
+ * default (double is emulated in software there). Ungrouped 1-bit-weight convolutions sum in
+ * float on every target, as the engine does (its sign-select kernel adds in float32). Reductions (means, variances) use double
  * everywhere, as the engine. Integer parts (binary convolutions, int8) are exact on every target.
  * Build with -ffp-contract=off: a fused multiply-add would round differently from the engine.
  *

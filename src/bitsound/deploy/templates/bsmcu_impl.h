@@ -181,16 +181,24 @@ static inline bsm_acc_t conv_sum(const bsm_conv_t *p, const float *patch, int32_
         for (int32_t i = 0; i < kn; i++) a += (bsm_acc_t)patch[i] * (bsm_acc_t)bsm_half_to_float(w[i]);
         return a;
     }
-    const int32_t sw = (cg + 31) / 32; /* 1-bit weights on float inputs: add or subtract */
+    /* 1-bit weights on float inputs: add or subtract, taps then channels. An ungrouped conv sums
+     * in float whatever bsm_acc_t is, as the engine's conv_sign (float lanes); a grouped one in
+     * bsm_acc_t, as the engine's double path. (A padded tap adds +-0, which leaves a sum that
+     * starts at +0 unchanged, as the engine's skipped rows.) */
+    const int32_t sw = (cg + 31) / 32, single = p->groups == 1;
+    float af = 0.0f;
     for (int32_t t = 0; t < taps; t++) {
         const uint32_t *wb = p->wsign + ((size_t)o * taps + t) * sw;
         const float *xt = patch + (size_t)t * cg;
         for (int32_t c = 0; c < cg; c++) {
-            const bsm_acc_t v = xt[c];
-            a += (wb[c >> 5] >> (c & 31)) & 1u ? -v : v;
+            const float v = (wb[c >> 5] >> (c & 31)) & 1u ? -xt[c] : xt[c];
+            if (single)
+                af += v;
+            else
+                a += (bsm_acc_t)v;
         }
     }
-    return a;
+    return single ? (bsm_acc_t)af : a;
 }
 
 /* output channel o from its sum: the engine's finish (bs_conv_finish), then the fused steps */
