@@ -17,7 +17,9 @@ Prints four tables:
    binary MACs/s and the percent of that instruction set's peak;
 3. whole models per 1-second clip (random weights; speed hardly depends on them): the
    thesis-xnor recipe (seed 000's XNOR-Net on 32x32 binary images) and a binary digits model, with
-   and without the (PyTorch) front end;
+   and without the PyTorch front end, and audio to label in C (the engine's C front end, as
+   ``predict --engine`` runs it; issue target for thesis-xnor: <= 0.3 ms a clip) with its
+   real-time factor (seconds of compute per second of audio);
 4. throughput of a batch of clips of those models on 1 .. --threads threads (target: 2 threads
    >= 1.8x one), and whether the logits are bit-identical.
 
@@ -131,13 +133,16 @@ def main() -> None:
     if whole:
         t = Table(title="whole model per 1-second clip (ms), 1 thread")
         for col in ("model", "features", "front end", "torch", "engine", "speedup", "torch+fe", "engine+fe",
-                    "speedup+fe"):
+                    "speedup+fe", "C front end", "engine+C fe", "RTF engine+C fe"):
             t.add_column(col, justify="right")
         for r in whole:
             t.add_row(r["name"], "x".join(map(str, r["feature_shape"])), f"{r['frontend_ms']:.3f}",
                       f"{r['torch_ms']:.3f}", f"{r['engine_ms']:.3f}", f"{r['speedup']:.1f}x",
                       f"{r['torch_with_frontend_ms']:.3f}", f"{r['engine_with_frontend_ms']:.3f}",
-                      f"{r['speedup_with_frontend']:.1f}x")
+                      f"{r['speedup_with_frontend']:.1f}x",
+                      *(("-",) * 3 if r["c_frontend_ms"] is None else
+                        (f"{r['c_frontend_ms']:.3f}", f"{r['engine_with_c_frontend_ms']:.3f}",
+                         f"{r['rtf_engine_with_c_frontend']:.1e}")))
         console.print(t)
         t = Table(title=f"engine throughput on a batch of {args.batch} clips (split by clip over threads)")
         for col in ("model", "isa", "threads", "batch ms", "clips/s", "vs 1 thread", "identical logits"):

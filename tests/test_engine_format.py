@@ -61,6 +61,20 @@ def prelu_writer() -> GraphBuilder:
     return wr
 
 
+def hostile_slice_writer(pad: int) -> GraphBuilder:
+    """A valid file whose one binary conv has a slice geometry beyond every int32 (output rows x
+    input width = (pad + 1) x 2^24): input (1, 1, 2^24), a 1 x 2 kernel dilated by 2^24 - 1, top
+    padding ``pad``, bit output. It once overflowed the slice tables (pad 16384: a segfault) or
+    took O(rows x width x kw) to load (smaller pads)."""
+    wr = GraphBuilder()
+    x = wr.add_input((1, 1, 1 << 24))
+    b = wr.add_pack(x, name="pack")
+    wr.add_bconv2d(b, np.ones((1, 1, 1, 2)), padding=(pad, 0, 0, 0), dilation=(1, (1 << 24) - 1),
+                   out_mode="bits", thr=np.zeros(1, int), flip=np.zeros(1, int), name="bconv")
+    wr.add_output(x)
+    return wr
+
+
 def load_error(data: bytes) -> engine.EngineFileError:
     with pytest.raises(engine.EngineFileError) as info:
         engine.loads(data)
@@ -309,8 +323,9 @@ def seed_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeds")
     paths = []
     # the last seed is large enough (12x12 outputs, 576-bit kernels) to get a bit-serial plan
+    # and the hostile slice geometry that once overflowed the slice form's tables
     seeds = [small_writer(), small_writer(cin=1, meta=False), small_writer(cin=129),
-             small_writer(64, hw=(12, 12)), prelu_writer()]
+             small_writer(64, hw=(12, 12)), prelu_writer(), hostile_slice_writer(16384)]
     for i, wr in enumerate(seeds):
         p = d / f"seed{i}.bsnn"
         p.write_bytes(wr.to_bytes())
@@ -347,3 +362,77 @@ def test_c_fuzz_harness_under_sanitizers(seed_files, tmp_path):
                           timeout=180)
     assert proc.returncode == 0, f"fuzz harness failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-4000:]}"
     assert "iterations" in proc.stdout
+
+
+HOSTILE_LOAD = r"""
+import sys, time
+from bitsound import engine
+data = open(sys.argv[1], "rb").read()
+for isa in engine.available_isas():
+    for bconv in ("auto", "slice"):
+        t0 = time.perf_counter()
+        e = engine.loads(data, isa=isa, bconv=bconv)
+        print(isa, bconv, e.forms[2] or "-", e.arena_bytes, time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.parametrize("pad", [16384, 100])
+def test_hostile_slice_geometry_loads_quickly_without_the_slice_form(tmp_path, pad):
+    """Slice geometry past int32 (pad 16384) or past the load-time bound (pad 100) is not a crash or
+    a hang: the slice form is refused (on every instruction set, even when forced) and the conv
+    runs word-parallel. Run in a subprocess, so that a crash fails the test instead of pytest."""
+    path = tmp_path / "hostile.bsnn"
+    path.write_bytes(hostile_slice_writer(pad).to_bytes())
+    proc = subprocess.run([sys.executable, "-c", HOSTILE_LOAD, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"load died ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert len(rows) == 2 * len(engine.available_isas())
+    for isa, bconv, form, arena, seconds in rows:
+        assert form in ("word", "reference"), (isa, bconv, form)
+        assert float(seconds) < 1.0, f"{isa} {bconv}: load took {seconds} s"
+        # the input, its bits and the output bits; no slice planes
+        assert int(arena) < (1 << 24) * 16 + 16385 * 8 + 4096
+
+
+def arena_limit_writer() -> GraphBuilder:
+    """A conv whose slice form needs 2 GB of planes (512 output rows of a 65536-wide map, 256
+    channels) while the model's activations need 322 MB: valid, within BS_MAX_ARENA (1 GB) in
+    the word-parallel form."""
+    wr = GraphBuilder()
+    x = wr.add_input((256, 1, 65536))
+    b = wr.add_pack(x, name="pack")
+    wr.add_bconv2d(b, np.ones((1, 256, 1, 1)), padding=(511, 0, 0, 0), out_mode="bits", thr=np.zeros(1, int),
+                   flip=np.zeros(1, int), name="bconv")
+    wr.add_output(x)
+    return wr
+
+
+def test_an_optional_form_does_not_push_a_model_over_the_arena_limit():
+    data = arena_limit_writer().to_bytes()
+    for bconv in ("auto", "slice"):
+        e = engine.loads(data, bconv=bconv)
+        assert e.forms[2] != "slice"
+        assert e.arena_bytes < 400 << 20
+
+
+def test_arena_holds_only_what_the_chosen_form_needs():
+    """A conv that can run in every form: the word-parallel form's arena has no slice planes or
+    bit-serial work, the serial form's no planes (the loader builds only the chosen form's tables)."""
+    rng = np.random.default_rng(1)
+    wr = GraphBuilder()
+    x = wr.add_input((64, 24, 40))
+    b = wr.add_pack(x, name="pack")
+    wr.add_bconv2d(b, np.where(rng.standard_normal((64, 64, 3, 3)) < 0, -1, 1), padding=(1, 1, 1, 1),
+                   out_mode="bits", thr=np.zeros(64, int), flip=np.zeros(64, int), name="bconv")
+    wr.add_output(x)
+    data = wr.to_bytes()
+    feats = rng.standard_normal((2, 64, 24, 40)).astype(np.float32)
+    arena, outs = {}, {}
+    for form in ("word", "serial", "slice"):
+        e = engine.loads(data, isa="scalar-bitserial", bconv=form)
+        assert e.forms[2] == form
+        arena[form] = e.arena_bytes
+        outs[form] = e.trace(feats[0])[2][1]
+    assert arena["word"] < arena["serial"] < arena["slice"], arena
+    assert np.array_equal(outs["word"], outs["serial"]) and np.array_equal(outs["word"], outs["slice"])

@@ -83,6 +83,27 @@ SWEEP = [(cin, CHANNELS[(3 * i + 2) % len(CHANNELS)], gi) for i, cin in enumerat
          for gi in range(len(GEOMETRIES))]
 
 
+@pytest.mark.parametrize("cin,forms", [(1024, ("serial", "slice")), (1792, ("serial", "slice")),
+                                       (1800, ("word",))])
+def test_kernels_up_to_16128_bits_keep_the_fast_forms(cin, forms):
+    """A plan's rows are uint16 offsets (BS_ROW_OFFSET): 3x3 kernels of 1024 channels (9216 bits,
+    e.g. a ResNet's last stage) and 1792 (16128) still run bit-serial and sliced, 1800 (16200 bits)
+    word-parallel; all give torch's bits."""
+    rng = np.random.default_rng(cin)
+    cout, h, w = 5, 4, 5
+    weight = _signs(rng, (cout, cin, 3, 3))
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    dot = _torch_dot(np.where(x < 0, -1, 1).astype(np.int8), weight, (1, 1, 1, 1), (1, 1))
+    thr, flip = rng.integers(-40, 40, cout), rng.integers(0, 2, cout)
+    want = np.where(np.where(flip == 1, -dot, dot) >= thr, 1, -1)
+    data = _graph(cin, h, w, weight, (1, 1, 1, 1), (1, 1), thr, flip)
+    isa = "scalar-bitserial"  # has both forms
+    for form in ("serial", "slice"):
+        e = engine.loads(data, isa=isa, bconv=form)
+        assert e.forms[2] == (form if form in forms else "word"), (cin, form, e.forms)
+        assert np.array_equal(e.trace(x)[2][1], want), (cin, form)
+
+
 @pytest.mark.parametrize("cin,cout,gi", SWEEP, ids=lambda v: str(v))
 def test_slice_form_matches_torch_on_every_isa(cin, cout, gi):
     data, x, want, n = _case(cin, cout, gi, cin * 100 + cout + gi)
@@ -205,6 +226,11 @@ def test_threads_and_forms_are_validated():
         engine.loads(data, bconv="fast")
     e = engine.loads(data, threads=2)
     assert "threads=2" in repr(e)
+    from bitsound.engine.bench import bench_layer
+
+    for bad in (0, 1.5):  # the engine's own check, before torch is handed the threads
+        with pytest.raises(ConfigError, match="threads must be an integer"):
+            bench_layer(8, 8, 4, 3, threads=bad, budget=0.01)
 
 
 def test_cli_threads_and_forms(capsys, tmp_path):

@@ -94,6 +94,16 @@ class AudioConfig(Section):
     def n_channels(self) -> int:
         return 2 if self.channels == "stereo" else 1
 
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of one model input window: the segment length, else the clip length."""
+        return self.segment.length if self.segment is not None else self.clip_seconds
+
+    @property
+    def window_samples(self) -> int:
+        """Samples per channel of one model input window."""
+        return round(self.window_seconds * self.sample_rate)
+
 
 # --------------------------------------------------------------------------------------------
 # front ends (nn.Modules in bitsound.audio.features)

@@ -74,8 +74,7 @@ def frame_boundaries(starts: np.ndarray, *, length: float, duration: float) -> t
 
 def classifier_window_length(classifier) -> float:
     """Seconds per window the classifier was trained on (segment length or clip length)."""
-    audio = classifier.recipe.audio
-    return audio.segment.length if audio.segment is not None else audio.clip_seconds
+    return classifier.recipe.audio.window_seconds
 
 
 @torch.no_grad()

@@ -84,7 +84,13 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
         raise_status(st, msg);
         return -1;
     }
-    bs_model_set_forms(m, k, forced);
+    if ((st = bs_model_set_forms(m, k, forced)) != BS_OK) { /* the loader's forms fit: not expected */
+        bs_model_free(m);
+        snprintf(msg, sizeof msg, "the model needs more than %zu bytes of working memory with '%s'",
+                 (size_t)BS_MAX_ARENA, k->name);
+        raise_status(st, msg);
+        return -1;
+    }
     bs_pool *pool = NULL;
     if (threads > 1 && (st = bs_pool_create(threads, bs_model_thread_bytes(m), &pool)) != BS_OK) {
         bs_model_free(m);
@@ -304,14 +310,9 @@ static PyObject *Model_forms(ModelObject *self, PyObject *unused) {
         const bs_op *op = &m->ops[i];
         const char *name = "";
         if (op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D) {
-            int f = op->form;
             if (self->k->reference) name = "reference";
             else if (op->groups != 1) name = "grouped";
-            else {
-                if (f == BS_FORM_SLICE && !(op->slc && self->k->bitslice)) f = BS_FORM_SERIAL;
-                if (f == BS_FORM_SERIAL && !(op->bser && self->k->bitserial)) f = BS_FORM_WORD;
-                name = FORM_NAMES[f];
-            }
+            else name = FORM_NAMES[bs_op_run_form(op, self->k)];
         }
         PyObject *s = PyUnicode_FromString(name);
         if (!s) {

@@ -126,12 +126,14 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
         ``engine_macs_per_s``, ``torch_macs_per_s``, ``peak_macs_per_s``, ``fraction_of_peak``
         (of one thread's peak), ``form``, and the configuration.
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= engine.MAX_THREADS:
-        raise ConfigError(f"threads must be an integer in [1, {engine.MAX_THREADS}], got {threads!r}")
     h, w = parse_size(size)
     for name, v in (("cin", cin), ("cout", cout), ("kernel", kernel)):
         if not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    # the engines first: they validate isa, threads and bconv (before torch is given the threads)
+    opts = {"isa": isa, "threads": threads, "bconv": bconv}
+    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, "bits"), **opts)
+    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, "float"), **opts)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -144,9 +146,6 @@ def bench_layer(cin: int, cout: int, size, kernel: int, *, threads: int = 1, isa
     finally:
         torch.set_num_threads(old_threads)
     feats = x[0].numpy()
-    opts = {"isa": isa, "threads": threads, "bconv": bconv}
-    e_bits = engine.loads(_conv_graph(cin, cout, h, w, kernel, "bits"), **opts)
-    e_float = engine.loads(_conv_graph(cin, cout, h, w, kernel, "float"), **opts)
     reps = max(3, min(1000, int(budget / max(t_torch / 10, 1e-6))))
     t_bits = min(e_bits.time_op(feats, 2, repeats=reps))
     t_float = min(e_float.time_op(feats, 2, repeats=reps))
@@ -199,6 +198,11 @@ def bench_model(model, *, isa: str = "auto", clips: int = 20, budget: float = 1.
             t_torch = _min_time(lambda: [model.net(feats[i:i + 1]) for i in range(clips)], budget=budget)
             t_eng = _min_time(lambda: [clf.engine.predict(feats_np[i:i + 1]) for i in range(clips)],
                               budget=budget)
+            # the engine's own path, audio to label in C, when the recipe's front end has a C twin
+            t_c_front = None
+            if clf.frontend_kind == "c":
+                t_c_front = _min_time(lambda: [clf.features(wave[i:i + 1]) for i in range(clips)],
+                                      budget=budget)
     finally:
         torch.set_num_threads(old)
     per = lambda t: t / clips * 1e3  # noqa: E731
@@ -206,7 +210,11 @@ def bench_model(model, *, isa: str = "auto", clips: int = 20, budget: float = 1.
             "feature_shape": list(clf.engine.feature_shape), "frontend_ms": per(t_front),
             "torch_ms": per(t_torch), "engine_ms": per(t_eng),
             "torch_with_frontend_ms": per(t_front + t_torch), "engine_with_frontend_ms": per(t_front + t_eng),
-            "speedup": t_torch / t_eng, "speedup_with_frontend": (t_front + t_torch) / (t_front + t_eng)}
+            "speedup": t_torch / t_eng, "speedup_with_frontend": (t_front + t_torch) / (t_front + t_eng),
+            "c_frontend_ms": None if t_c_front is None else per(t_c_front),
+            "engine_with_c_frontend_ms": None if t_c_front is None else per(t_c_front + t_eng),
+            "rtf_engine_with_c_frontend": None if t_c_front is None else
+            (t_c_front + t_eng) / clips / model.recipe.audio.window_seconds}
 
 
 def bench_threads(data: bytes, *, threads=(1, 2), isa: str = "auto", batch: int = 64,

@@ -28,7 +28,7 @@ BITSERIAL_ATTR void BITSERIAL_NAME(const uint64_t *patches, int n, const bs_op *
         for (int j = 0; j < kw4; j++) c += (int64_t)_mm_popcnt_u64(x[j]);
         xpop[p] = (int32_t)c;
     }
-#define LD(k) _mm256_load_si256((const __m256i *)((const char *)xt + (size_t)ip[k] * 4))
+#define LD(k) _mm256_load_si256((const __m256i *)((const char *)xt + BS_ROW_BYTES(ip[k], 32)))
 /* the running counter goes into CSA last: a ^ b does not wait for it (a shorter dependency chain) */
 /* out = the carries of weight 4 (HS4), 8 (HS8), 16 (HS16) from the next 4, 8, 16 rows */
 #define HS4(out, k)                                                                               \

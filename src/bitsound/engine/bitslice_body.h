@@ -68,7 +68,7 @@ BSL_ATTR static void BSL(add_rows)(BSV *st, int L, int fresh, const char *xt, co
     } else {
         ones = st[0], twos = st[1], fours = st[2], eights = st[3], sixteens = st[4], thirtytwos = st[5];
     }
-#define LD(k) V_LOAD((const uint64_t *)(xt + (size_t)ip[k] * VW)) /* BS_ROW_OFFSET: row * 8 */
+#define LD(k) V_LOAD((const uint64_t *)(xt + BS_ROW_BYTES(ip[k], 8 * VW)))
 /* the running counter goes into CSA last: a ^ b does not wait for it */
 #define HS4(out, k)                                                                               \
     do {                                                                                          \

@@ -89,10 +89,20 @@ typedef struct {
  * Measured on a Zen 3 for the 256 -> 256 3x3 conv on 32x32 (K = 2304): 8 words 1.04 ms, 12 words
  * 0.95 ms, 16 words 0.98 ms, one chunk 1.17 ms */
 #define BS_CHUNK_WORDS 12
-/* idx holds row * 8, so that every row width is one addressing mode away: a kernel loads row
- * idx[i] at xt + 8 idx[i] bytes (512-bit rows), 4 idx[i] (256-bit) or idx[i] (64-bit), with no
- * shift; hence at most 8191 positions */
-#define BS_ROW_OFFSET(row) ((row) * 8)
+/* idx holds row * BS_ROW_UNIT (uint16), and a kernel loads listed row idx[i] at
+ * xt + BS_ROW_BYTES(idx[i], its row bytes): kernels of up to 16128 bits (kwords <= 252) with 4,
+ * 7936 with 8. With 8 the 512-bit rows of the AVX-512 slice kernel are one addressing mode away
+ * (8 idx[i]; with 4, 16 idx[i] takes a shift); 256- and 64-bit rows are either way. Measured
+ * (Zen 4, one thread, interleaved runs of both builds): 8 makes the AVX-512 slice kernel 2-7 %
+ * faster on benchmarks/bench_engine.py's layers (256->256 32x32, 64->64 40x100, 128->128 16x16,
+ * 32->64 64x44, 512->512 8x8; the AVX2 slice and the bit-serial kernels within 0.5 %), but sends
+ * 1024-channel 3x3 layers (9216 bits) to the word-parallel kernels, 1.3-1.7x slower on AVX-512
+ * (32x32) and 2.6-5x on AVX2 (16x16, 32x32) than their slice form: 4 is the default. */
+#ifndef BS_ROW_UNIT
+#define BS_ROW_UNIT 4
+#endif
+#define BS_ROW_OFFSET(row) ((row) * BS_ROW_UNIT)
+#define BS_ROW_BYTES(idx, row_bytes) ((size_t)(idx) * ((row_bytes) / BS_ROW_UNIT))
 #define BS_PAD_ROWS 15 /* segments are padded to a multiple of 16 rows (a Harley-Seal step) */
 /* the transposed patches of a pixel block: kwords * 64 rows of 32 bytes and the all-zero row */
 #define BS_XT_BYTES(kwords) (((size_t)(kwords) * 64 + 1) * 32)
@@ -208,19 +218,27 @@ size_t bs_bconv_scratch_bytes(const bs_op *op);
 /* scratch memory an op needs while it runs (bytes, 64-byte aligned) */
 size_t bs_op_scratch_bytes(const bs_op *op);
 size_t bs_bitserial_work_bytes(const bs_op *op);
-int bs_bitserial_build(bs_op *op);
+int bs_bitserial_build(bs_op *op); /* op->bser; on an error the caller frees a partial plan */
+void bs_bitserial_free(bs_bitserial *b);
 
 /* ---- the fused bit-sliced form (slice.c) ---- */
 int bs_slice_eligible(const bs_op *op);    /* stride 1, bit output, ungrouped, output rows no wider */
-int bs_slice_build(bs_op *op);             /* BS_OK, BS_ERR_NOMEM, or BS_ERR_UNSUPPORTED: not this op */
+/* op->slc: BS_OK, BS_ERR_NOMEM, or BS_ERR_UNSUPPORTED: not this op, or a geometry past the form's
+ * bounds (slice.c: positions, masks, int32 offsets); on an error the caller frees a partial one */
+int bs_slice_build(bs_op *op);
 void bs_slice_free(bs_slice *s);
 size_t bs_slice_planes_bytes(const bs_op *op);
 size_t bs_slice_work_bytes(const bs_op *op);
-/* the form a binary conv runs in with kernel table k: forced (BS_FORM_*) where the op allows it,
- * or -1 for the choice from the shapes */
-int bs_choose_form(const bs_op *op, const bs_kernels *k, int forced);
-/* set every binary conv's form for k (forced as above); returns the number of ops changed */
+/* Set every binary conv's form for kernel table k: forced (BS_FORM_*) where the op and k allow
+ * it, or -1 for the choice from the shapes. Builds the structures the chosen forms need and frees
+ * the others (a bit-serial plan, slice tables), falls back to the next form where they cannot be
+ * built or their scratch would not fit in BS_MAX_ARENA, and sets scratch_bytes and arena_bytes
+ * for the forms chosen. BS_OK, or BS_ERR_RANGE when even the word-parallel forms do not fit.
+ * The loader calls it for "auto"; a model run with another table falls back form by form
+ * (bs_op_run_form) in the memory it has. */
 int bs_model_set_forms(bs_model *m, const bs_kernels *k, int forced);
+/* the form op runs in with kernel table k: its chosen form, or the next one down that k has */
+int bs_op_run_form(const bs_op *op, const bs_kernels *k);
 
 /* ---- threads (pool.c): a small pthreads pool; tasks are handed out one at a time ---- */
 typedef struct bs_pool bs_pool;
@@ -265,7 +283,7 @@ struct bs_kernels {
     void (*slice_planes)(const bs_op *op, const uint64_t *x, uint64_t *planes);
     void (*bitslice)(const bs_op *op, const uint64_t *planes, int64_t q0, uint64_t *y, void *work);
     int slice_words;
-    /* the form choice (bs_choose_form): measured cost models, ns per output channel, of the
+    /* the form choice (bs_model_set_forms): measured cost models, ns per output channel, of the
      * word-parallel kernel per pixel (word_cost[0] + word_cost[1] * kwords) and of the slice kernel
      * per block (slice_cost[0] + slice_cost[1] * K); prefer_serial: without the slice form, the
      * bit-serial kernel beats the word-parallel one on large layers */

@@ -912,7 +912,7 @@ static void parse_op(rd_t *r, graph_t *g, bs_model *m, bs_op *op, int32_t type) 
     if (b > g->max_bytes[op->out]) g->max_bytes[op->out] = b;
 }
 
-static void free_bitserial(bs_bitserial *b) {
+void bs_bitserial_free(bs_bitserial *b) {
     if (!b) return;
     free(b->start);
     free(b->idx);
@@ -933,7 +933,8 @@ static uint64_t listed_word(const uint64_t *wa, const uint64_t *wb, int sa, int 
 }
 
 /* the bit-serial plan of a binary conv (see bs_bitserial in bsnn.h); BS_OK, BS_ERR_NOMEM, or
- * BS_ERR_RANGE for kernels of 8192 bits or more (BS_ROW_OFFSET) or plans beyond BS_MAX_PLAN_ENTRIES.
+ * BS_ERR_RANGE for kernels whose rows' offsets leave uint16 (BS_ROW_OFFSET: over 16128 bits) or
+ * plans beyond BS_MAX_PLAN_ENTRIES.
  * Channels go in pairs (a, b): each lists its w = 1 or its w = 0 positions, the pair of choices
  * that lists the fewest positions in all, and the positions both list are stored once. The
  * positions are stored chunk by chunk (equal chunks of at most BS_CHUNK_WORDS words of the
@@ -1012,7 +1013,7 @@ int bs_bitserial_build(bs_op *op) {
 }
 
 static void free_op(bs_op *op) {
-    free_bitserial(op->bser);
+    bs_bitserial_free(op->bser);
     bs_slice_free(op->slc);
     free(op->wf);
     free(op->wscale);
@@ -1148,41 +1149,18 @@ int bs_model_load(const uint8_t *data, size_t len, bs_model **out, char *msg, si
     m->slot_off = calloc(n_slots, sizeof(size_t));
     m->slot_bytes = calloc(n_slots, sizeof(size_t));
     if (!m->slot_off || !m->slot_bytes) { fail(&r, BS_ERR_NOMEM, "slots"); goto done; }
-    size_t off = 0, scratch = 0;
+    size_t off = 0;
     for (uint32_t s = 0; s < n_slots; s++) {
         m->slot_off[s] = off;
         m->slot_bytes[s] = g.max_bytes[s];
         off += align64(g.max_bytes[s] + 64);
         if (off > BS_MAX_ARENA) { fail(&r, BS_ERR_RANGE, "the model needs more than %zu bytes of activations", (size_t)BS_MAX_ARENA); goto done; }
     }
-    for (int i = 0; i < m->n_ops; i++) {
-        bs_op *op = &m->ops[i];
-        int binary = op->type == BS_OP_BINARY_CONV2D || op->type == BS_OP_BINARY_CONV1D;
-        if (binary && op->groups == 1) {
-            size_t kbits = (size_t)op->g.kh * op->g.kw * op->cin;
-            /* the plan of the bit-serial form, which the slice form runs on too (at any size) */
-            if (((kbits >= BS_BITSERIAL_MIN_BITS && (size_t)op->so.h * op->so.w >= BS_BITSERIAL_MIN_PIXELS) ||
-                 bs_slice_eligible(op)) && bs_bitserial_build(op) != BS_OK) {
-                /* the plan only speeds things up: without one (too large, no memory) the op runs
-                 * on the word-parallel kernels */
-                free_bitserial(op->bser);
-                op->bser = NULL;
-            }
-            /* the fused form, where the op allows it (stride 1, bits out); likewise optional */
-            if (op->bser && bs_slice_build(op) != BS_OK) {
-                bs_slice_free(op->slc);
-                op->slc = NULL;
-            }
-            int kst;
-            op->form = bs_choose_form(op, bs_kernels_get("auto", &kst), -1);
-        }
-        size_t need_b = bs_op_scratch_bytes(op);
-        if (need_b > scratch) scratch = need_b;
-    }
     m->scratch_off = off;
-    m->scratch_bytes = scratch;
-    m->arena_bytes = off + align64(scratch);
-    if (m->arena_bytes > BS_MAX_ARENA) { fail(&r, BS_ERR_RANGE, "the model needs more than %zu bytes of working memory", (size_t)BS_MAX_ARENA); goto done; }
+    /* the binary convs' forms for the fastest kernels here (a binding re-chooses for its own), and
+     * the scratch of the forms chosen: an optional form that would not fit gives way */
+    int kst;
+    if (bs_model_set_forms(m, bs_kernels_get("auto", &kst), -1) != BS_OK) { fail(&r, BS_ERR_RANGE, "the model needs more than %zu bytes of working memory", (size_t)BS_MAX_ARENA); goto done; }
 
 done:
     free(g.shape);

@@ -280,24 +280,30 @@ float bsfe_lower_median(float *v, size_t n) {
     return v[k];
 }
 
+/* the histogram bin of a floored position f, as torch's .long().clamp(0, bins - 1) on x86: a value
+ * outside int64 (NaN, +-inf, >= 2^63) converts to INT64_MIN there, hence bin 0. Compared before
+ * the conversion, which is undefined behaviour in C for such values. */
+static int32_t otsu_bin(float f) {
+    if (!(f >= 0.0f && f < 9.2233720368547758e18f)) return 0;
+    return f > (float)(BSFE_OTSU_BINS - 1) ? BSFE_OTSU_BINS - 1 : (int32_t)f;
+}
+
 /* Otsu's threshold of n values in float32 as bitsound.audio.features.otsu_threshold computes it:
- * 256 bins between min and max, cumulative sums in double rounded to float (torch's CPU cumsum),
- * the first bin centre that maximises the between-class variance */
+ * 256 bins between min and max (NaN if any value is NaN, as torch's amin / amax), cumulative sums
+ * in double rounded to float (torch's CPU cumsum), the first bin centre that maximises the
+ * between-class variance (NaN throughout: bin 0's centre, NaN, as torch's argmax) */
 float bsfe_otsu(const float *v, size_t n) {
     float hist[BSFE_OTSU_BINS];
     float lo = v[0], hi = v[0];
-    for (size_t i = 1; i < n; i++) {
+    for (size_t i = 1; i < n && lo == lo; i++) {
+        if (v[i] != v[i]) lo = hi = v[i];
         if (v[i] < lo) lo = v[i];
         if (v[i] > hi) hi = v[i];
     }
     const float span = hi - lo, bw = span > 0.0f ? span / (float)BSFE_OTSU_BINS : 1.0f;
     const float cw = span / (float)BSFE_OTSU_BINS;
     memset(hist, 0, sizeof hist);
-    for (size_t i = 0; i < n; i++) {
-        float f = floorf((v[i] - lo) / bw);
-        int32_t b = f < 0.0f ? 0 : (f > (float)(BSFE_OTSU_BINS - 1) ? BSFE_OTSU_BINS - 1 : (int32_t)f);
-        hist[b] += 1.0f;
-    }
+    for (size_t i = 0; i < n; i++) hist[otsu_bin(floorf((v[i] - lo) / bw))] += 1.0f;
     float total = 0.0f, moment_total;
     double cm = 0.0;
     for (int b = 0; b < BSFE_OTSU_BINS; b++) {
@@ -317,7 +323,7 @@ float bsfe_otsu(const float *v, size_t n) {
         const float ml = mom / (wl > 1.0f ? wl : 1.0f), mh = (moment_total - mom) / (wh > 1.0f ? wh : 1.0f);
         const float d = ml - mh;
         const float between = wl * wh * (d * d);
-        if (between > best) {
+        if (between > best || (between != between && best == best)) { /* torch's argmax: NaN is the max */
             best = between;
             best_b = b;
         }

@@ -176,8 +176,7 @@ def frontend_spec(recipe) -> FrontEndSpec:
     from bitsound.modelfile import feature_shape
 
     audio, cfg = recipe.audio, recipe.frontend
-    seconds = audio.segment.length if audio.segment else audio.clip_seconds
-    n_samples = round(seconds * audio.sample_rate)
+    n_samples = audio.window_samples
     shape = tuple(feature_shape(recipe))
     ints = dict.fromkeys(INT_FIELDS, 0)
     floats = dict.fromkeys(FLOAT_FIELDS, 0.0)
@@ -216,8 +215,6 @@ def frontend_spec(recipe) -> FrontEndSpec:
         floats.update(
             power_half=float(np.float32(cfg.power / 2)), log_offset=float(np.float32(cfg.log_offset))
         )
-        if n_fft > 65536:
-            raise ConfigError(f"frontend.n_fft={n_fft} is larger than the C front end's 65536")
         tables.update(
             window=window[left : left + win_length].copy(),
             twiddle=_periodic_tables(n_fft),

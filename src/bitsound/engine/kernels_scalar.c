@@ -92,7 +92,7 @@ static size_t a64(size_t x) { return (x + 63) / 64 * 64; }
 /* add the listed rows of xt to the bit-sliced per-pixel counters (ripple carry) */
 static void add_rows(uint64_t *planes, int L, const uint64_t *xt, const uint16_t *idx, uint32_t m) {
     for (uint32_t i = 0; i < m; i++) {
-        const uint64_t *v = xt + idx[i] / 2; /* BS_ROW_OFFSET: row * 8; 4 words a row */
+        const uint64_t *v = (const uint64_t *)((const char *)xt + BS_ROW_BYTES(idx[i], 32)); /* 4 words */
         for (int q = 0; q < 4; q++) {
             uint64_t carry = v[q];
             for (int l = 0; l < L && carry; l++) {

@@ -697,8 +697,7 @@ static void gather_patch(const bs_op *op, const uint64_t *x, int32_t oy, int32_t
     }
 }
 
-/* the form op runs in with kernel table k: its chosen form, or the next one down that k has */
-static int run_form(const bs_op *op, const bs_kernels *k) {
+int bs_op_run_form(const bs_op *op, const bs_kernels *k) {
     int f = op->form;
     if (f == BS_FORM_SLICE && !(op->slc && k->bitslice)) f = BS_FORM_SERIAL;
     if (f == BS_FORM_SERIAL && !(op->bser && k->bitserial)) f = BS_FORM_WORD;
@@ -788,7 +787,8 @@ static void bconv_task(void *ctx, int task, int tid) {
     bconv_pixels(j->op, j->k, j->form, j->x, j->y, scratch, p0, n);
 }
 
-/* scratch of one thread's tasks (the form is chosen per kernel table after load: room for any) */
+/* scratch of one thread's tasks: room for the forms the op has structures for (a table without
+ * the chosen form's kernel runs the next form down in the same memory) */
 static size_t bconv_thread_bytes(const bs_op *op) {
     size_t a = bs_bconv_scratch_bytes(op), b = bs_slice_work_bytes(op);
     return a > b ? a : b;
@@ -797,7 +797,7 @@ static size_t bconv_thread_bytes(const bs_op *op) {
 static void bconv_fast(const bs_op *op, const bs_kernels *k, bs_pool *pool, const uint64_t *x, void *y,
                        void *scratch) {
     bconv_job j;
-    j.op = op, j.k = k, j.pool = pool, j.form = run_form(op, k), j.x = x, j.y = y;
+    j.op = op, j.k = k, j.pool = pool, j.form = bs_op_run_form(op, k), j.x = x, j.y = y;
     j.npix = (size_t)op->so.h * op->so.w;
     j.pb = block_pixels(op);
     j.planes = (const uint64_t *)scratch;

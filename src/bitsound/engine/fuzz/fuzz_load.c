@@ -13,8 +13,9 @@
  * with edge values, truncation, insertion, deletion, record splicing) and, for half of the
  * mutants, re-stamps the file size and CRC so that the mutation reaches the parser instead of
  * stopping at the checksum. Every mutant goes through bs_model_load; accepted models are run
- * once on every instruction set (if their work is small), so that the executor also sees only
- * validated shapes. Any out-of-bounds access is a sanitizer report and a non-zero exit.
+ * on every instruction set (if their work is small), in the forms chosen at load, in those chosen
+ * for the set and with the slice form forced, so that the executor and the form changes also see
+ * only validated shapes. Any out-of-bounds access is a sanitizer report and a non-zero exit.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,22 @@
 
 #include "../bsnn.h"
 
-static int run_accepted(const bs_model *m) {
+/* an arena for m's current forms (NULL when over the harness's 64 MB) */
+static void *arena_for(const bs_model *m) {
+    void *arena = NULL;
+    if (m->arena_bytes > ((size_t)64 << 20)) return NULL;
+    if (posix_memalign(&arena, 64, m->arena_bytes ? m->arena_bytes : 64) != 0) return NULL;
+    return arena;
+}
+
+static void set_forms_or_die(bs_model *m, const bs_kernels *kt, int forced) {
+    if (bs_model_set_forms(m, kt, forced) != BS_OK) { /* the loader's forms fit, so others must */
+        fprintf(stderr, "an accepted model's forms for %s do not fit its arena\n", kt->name);
+        abort();
+    }
+}
+
+static int run_accepted(bs_model *m) {
     /* bound the work: skip models whose binary/float ops would take long */
     double work = 0;
     for (int i = 0; i < m->n_ops; i++) {
@@ -42,28 +58,34 @@ static int run_accepted(const bs_model *m) {
     if (work > 2e6 || m->arena_bytes > ((size_t)64 << 20)) return 0;
     size_t nin = (size_t)m->in_c * m->in_h * m->in_w;
     float *x = malloc(nin * sizeof(float) + 4);
-    void *arena = NULL;
-    if (!x || posix_memalign(&arena, 64, m->arena_bytes ? m->arena_bytes : 64) != 0) {
-        free(x);
-        return 0;
-    }
+    if (!x) return 0;
     for (size_t i = 0; i < nin; i++) x[i] = (float)((int)(i * 2654435761u % 17) - 8) * 0.25f;
+    /* every instruction set, first in the forms chosen at load (the others fall back form by form
+     * in the loader's memory), then with the forms chosen for it and with the slice form forced
+     * (which builds and frees the plans and tables, and resizes the arena) */
     static const char *isas[] = {"reference", "scalar", "scalar-bitserial", "avx2", "avx512", "avx512-emulated"};
-    for (size_t k = 0; k < sizeof isas / sizeof *isas; k++) {
-        int st;
-        const bs_kernels *kt = bs_kernels_get(isas[k], &st);
-        if (!kt) continue;
-        bs_model_run(m, kt, x, arena, m->n_ops);
-        volatile float sink = bs_model_output(m, arena)[0];
-        (void)sink;
-    }
+    for (int pass = 0; pass < 3; pass++)
+        for (size_t k = 0; k < sizeof isas / sizeof *isas; k++) {
+            int st;
+            const bs_kernels *kt = bs_kernels_get(isas[k], &st);
+            if (!kt) continue;
+            if (pass > 0) set_forms_or_die(m, kt, pass == 1 ? -1 : BS_FORM_SLICE);
+            void *arena = arena_for(m);
+            if (!arena) continue;
+            bs_model_run(m, kt, x, arena, m->n_ops);
+            volatile float sink = bs_model_output(m, arena)[0];
+            (void)sink;
+            free(arena);
+        }
     /* threads: the binary convs' pixel blocks over a pool of 2 give the same output bytes */
     int st;
     const bs_kernels *ka = bs_kernels_get("auto", &st);
+    set_forms_or_die(m, ka, -1);
     bs_pool *pool = NULL;
     size_t nout = (size_t)m->n_out * sizeof(float);
     float *one = malloc(nout + 4);
-    if (one && bs_pool_create(2, bs_model_thread_bytes(m), &pool) == BS_OK) {
+    void *arena = arena_for(m);
+    if (one && arena && bs_pool_create(2, bs_model_thread_bytes(m), &pool) == BS_OK) {
         bs_model_run(m, ka, x, arena, m->n_ops);
         memcpy(one, bs_model_output(m, arena), nout);
         bs_model_run_pool(m, ka, pool, x, arena, m->n_ops);
