@@ -2,11 +2,13 @@
 
 Stated tolerances (those of :mod:`bitsound.export.onnx`):
 
-- float networks: every logit within ``1e-4 + 1e-4 * |torch logit|``, labels equal on every clip;
+- float networks: every logit within ``1e-4 + 1e-3 * max |torch logit|`` of its example, labels
+  equal on every clip;
 - binary networks: labels equal on every clip; logits within the same tolerance except on at
-  most 5 % of examples, where a float value within rounding of zero before a sign takes the
-  other sign in the other runtime (one flipped bit; the engine avoids this with thresholds read
-  off PyTorch's own arithmetic, ONNX cannot). The binary layers themselves are exact (±1 sums).
+  most ``floor(5 % of n)`` examples, where a float value within rounding of zero before a sign
+  takes the other sign in the other runtime (one flipped bit; the engine avoids this with
+  thresholds read off PyTorch's own arithmetic, ONNX cannot). The binary layers themselves are
+  exact (±1 sums).
 
 Models are built with random weights and random batch-norm statistics, as in the engine parity
 tests, and run on real FSDD clips through the recipes' own front ends.
@@ -159,7 +161,7 @@ def test_export_refuses_what_it_cannot_lower(tmp_path):
     model = classifier("digits-cnn")
     with pytest.raises(ExportError, match="opset >= 17"):
         export_onnx(model, tmp_path / "m.onnx", with_frontend=True, opset=16)
-    with pytest.raises(ExportError, match="compression work"):
+    with pytest.raises(ExportError, match="no int8 layers.*calibrated.*bitsound compress"):
         export_onnx(model, tmp_path / "m.onnx", precision="int8")
 
     class NotASign(nn.Module):

@@ -152,7 +152,7 @@ def test_report_is_one_self_contained_file(report):
 
 
 def test_report_of_a_folder_without_results_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="no metrics.json, cv.json or study.json"):
+    with pytest.raises(DataError, match="no metrics.json, cv.json, study.json or compress.json"):
         from bitsound.report.runs import load_runs
 
         load_runs([tmp_path])

@@ -9,7 +9,9 @@ model size (KB) and against operations (MACs + BOPs/64) with the Pareto front of
 and the published points of the seed systems the runs' recipes name; then per run its training
 curves, confusion matrix, per-class recall, per-group and per-device accuracy (when the clips
 carry them), the complexity table per layer and the engine's speed (when a ``.bsnn`` is beside
-the run).
+the run). Each stage of a ``bitsound compress`` folder is a row of the table and a point of the
+plots; the folder gets one section with its stage table (sizes, operations, accuracies, the
+engine's time and agreement, what each stage did).
 """
 
 from __future__ import annotations
@@ -103,12 +105,8 @@ def _comparison(runs: list[Run]) -> str:
               "MACs", "BOPs", "MACs + BOPs/64", "binary", "engine ms", "engine speed-up"]
     rows = []
     for run in runs:
-        c = run.complexity
-        balanced = None
-        if run.kind == "train" and run.folds[0].result.held_out is not None:
-            balanced = run.folds[0].result.held_out.balanced_accuracy
-        elif run.cv is not None:
-            balanced = float(np.mean([f.balanced_accuracy for f in run.cv.folds]))
+        c = run.costs()
+        balanced = run.balanced_accuracy
         cells = [
             _cell(f'<a href="#{_anchor(run)}">{_e(run.name)}</a>', run.name, "t"),
             _cell(_e(run.recipe), run.recipe, "t"),
@@ -116,11 +114,11 @@ def _comparison(runs: list[Run]) -> str:
             _cell(_e(run.split), run.split, "t"),
             _cell(_pct(run.accuracy), "" if run.accuracy is None else run.accuracy),
             _cell(_pct(balanced), "" if balanced is None else balanced),
-            _cell(_num(c and c.params), c and c.params),
-            _cell("-" if c is None else f"{c.kb['storage']:,.2f}", c and c.kb["storage"]),
-            _cell(_num(c and c.macs), c and c.macs),
-            _cell(_num(c and c.bops), c and c.bops),
-            _cell("-" if c is None else f"{c.mac_equivalents:,.0f}", c and c.mac_equivalents),
+            _cell(_num(c and c["params"]), c and c["params"]),
+            _cell("-" if c is None else f"{c['kb']:,.2f}", c and c["kb"]),
+            _cell(_num(c and c["macs"]), c and c["macs"]),
+            _cell(_num(c and c["bops"]), c and c["bops"]),
+            _cell("-" if c is None else f"{c['mac_equivalents']:,.0f}", c and c["mac_equivalents"]),
             _cell("yes" if run.binary else "no", int(run.binary), "t"),
             _cell("-" if not run.engine else f"{run.engine['engine_ms']:.3f}",
                   run.engine and run.engine["engine_ms"]),
@@ -135,7 +133,11 @@ def _comparison(runs: list[Run]) -> str:
 
 
 def _anchor(run: Run) -> str:
-    return "run-" + "".join(ch if ch.isalnum() else "-" for ch in run.name)
+    return _anchor_of(run.name)
+
+
+def _anchor_of(name: str) -> str:
+    return "run-" + "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
 def _published(runs: list[Run]) -> list[tuple[str, object]]:
@@ -145,16 +147,16 @@ def _published(runs: list[Run]) -> list[tuple[str, object]]:
 
 def _pareto_section(runs: list[Run]) -> str:
     systems = _published(runs)
-    scored = [r for r in runs if r.accuracy is not None and r.complexity is not None]
+    scored = [r for r in runs if r.accuracy is not None and r.costs() is not None]
     parts = []
     if not scored:
         parts.append('<p class="note">No run has both a held-out accuracy and a model file, so there is '
                      "nothing to plot (train with a held-out split, or run bitsound cv).</p>")
     for axis, xlabel, title, cost in (
             ("kb", "model size (KB, 1 KB = 1024 B; storage rule)", "accuracy vs model size",
-             lambda r: r.complexity.kb["storage"]),
+             lambda r: r.costs()["kb"]),
             ("macs", f"operations per example (MACs + BOPs/{XNOR_SPEEDUP})", "accuracy vs operations",
-             lambda r: r.complexity.mac_equivalents)):
+             lambda r: r.costs()["mac_equivalents"])):
         if not scored:
             break
         ours = [plots.Point(r.name, r.accuracy, max(cost(r), 1e-9), r.binary, r.data) for r in scored]
@@ -165,8 +167,9 @@ def _pareto_section(runs: list[Run]) -> str:
                           for p in plots.pareto_front([q for q in ours if q.data == data]))
         what = "size" if axis == "kb" else "operations"
         caption = ("Each filled marker is one of our runs at its held-out accuracy (see the table's "
-                   "split column); red rings (joined by the dashed line) mark the runs no other run "
-                   f"on the same data beats on both accuracy and {what}: the Pareto front of each data "
+                   "split column; each stage of a compression run is one marker); red rings (joined "
+                   "by the dashed line) mark the runs no other run on the same data beats on both "
+                   f"accuracy and {what}: the Pareto front of each data "
                    f"set (also marked *: {front}). "
                    f"Hollow markers are published numbers of the seed systems the recipes name, "
                    f"measured on their own data sets: context, not a like-for-like comparison.")
@@ -242,9 +245,13 @@ def _run_section(run: Run) -> str:
                     "there is no confusion matrix. Use a held-out split or bitsound cv.</p>")
     else:
         matrix, recall = confusion
+        source = ("" if run.predictions else
+                  " Drawn from the confusion matrix stored in metrics.json: this result file predates "
+                  "stored predictions, so there is no per-group or per-device accuracy.")
         figs.append(_img(plots.confusion(matrix, run.labels), "confusion matrix",
                          "Rows: the true label of each held-out example; columns: the model's label. Cell "
-                         "text is the count, shade the share of the row (its recall on the diagonal)."))
+                         "text is the count, shade the share of the row (its recall on the diagonal)."
+                         + source))
         figs.append(_img(plots.bars(run.labels, list(recall), list(matrix.sum(axis=1)),
                                     title="recall per class (held out)", xlabel="% of the class's examples "
                                     "labelled correctly"), "per-class recall",
@@ -271,6 +278,42 @@ def _run_section(run: Run) -> str:
     return "\n".join(parts)
 
 
+def _compress_section(first: Run) -> str:
+    """One compress folder: every stage as a table row (what bitsound compress measured)."""
+    result = first.compress
+    head = ["stage", "kind", "params", "non-zero", "KB storage", "MACs", "BOPs", "held-out acc.",
+            "deciding acc.", ".bsnn KB", "engine ms", "engine labels equal", "what it did"]
+    rows = []
+    for r in result.rows:
+        agree = r.engine or {}
+        labels = (f"{agree['labels_equal']}/{agree['examples']}" if "labels_equal" in agree else "-")
+        anchor = _anchor_of(f"{first.path.name}/{r.stage}")  # the comparison table links here
+        rows.append("<tr>" + "".join([
+            _cell(f'<a id="{anchor}"></a>{_e(r.stage)}', cls="t"), _cell(_e(r.kind), cls="t"),
+            _cell(f"{r.params:,}"), _cell(f"{r.nonzero_params:,}"), _cell(f"{r.kb['storage']:,.2f}"),
+            _cell(f"{r.macs:,}"), _cell(f"{r.bops:,}"), _cell(_pct(r.held_out_accuracy)),
+            _cell(_pct(r.criterion_accuracy)),
+            _cell("-" if r.bsnn_bytes is None else f"{r.bsnn_bytes / 1024:,.1f}"),
+            _cell("-" if r.engine_ms is None else f"{r.engine_ms:.3f}"), _cell(labels),
+            _cell(_e("; ".join(r.notes)), cls="t")]) + "</tr>")
+    split = result.split
+    return (f'<h2 id="{_anchor_of("compress-" + first.path.name)}">{_e(first.path.name)}: '
+            f"compression pipeline {_e(result.pipeline)}</h2>"
+            f"<p>input model <code>{_e(result.model)}</code> (recipe <b>{_e(result.recipe)}</b> on "
+            f"<code>{_e(result.data)}</code>); held-out accuracy on its {_e(split.kind)} split"
+            + (f" '{_e(split.name)}'" if split.name else "")
+            + f"; decisions on {_e(result.criterion)}. "
+            f'<span class="note">({_e(first.path)})</span></p>'
+            + (f'<p class="note">{_e(result.description)}</p>' if result.description else "")
+            + "<table><thead><tr>" + "".join(f'<th class="t">{_e(h)}</th>' if h in ("stage", "kind",
+                                                                                   "what it did")
+                                             else f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            '<p class="note">Each stage measured on its saved model.pt by bitsound compress: sizes under the '
+            "storage rule, engine time the mean per example over a batch on one thread, and how many "
+            "held-out examples the engine labels as PyTorch does.</p>")
+
+
 def render_report(runs: list[Run], *, title: str = "bitsound report") -> str:
     """The HTML page (a string) for ``runs``."""
     made = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -278,7 +321,13 @@ def render_report(runs: list[Run], *, title: str = "bitsound report") -> str:
             f'<p class="note">{len(runs)} runs; made {made}. Accuracy is always on data the model never '
             f"trained on, with the split named per run. Click a column header to sort.</p>",
             "<h2>comparison</h2>", _comparison(runs), "<h2>accuracy against cost</h2>", _pareto_section(runs)]
-    body += [_run_section(run) for run in runs]
+    done: set[Path] = set()
+    for run in runs:
+        if run.kind != "compress":
+            body.append(_run_section(run))
+        elif run.path not in done:
+            done.add(run.path)
+            body.append(_compress_section(run))
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title>"

@@ -348,6 +348,29 @@ class DataCheckResult(Result):
     problems: list[ClipProblem]
 
 
+class DataCacheResult(Result):
+    """``bitsound data cache --json``: how many clips the cache held, how many were computed now
+    (in how many processes, how fast) and every clip that could not be decoded."""
+
+    recipe: str
+    cache: str
+    n_clips: int
+    n_cached: int
+    n_computed: int
+    seconds: float
+    workers: int
+    clips_per_second: float | None
+    failures: list[ClipProblem]
+
+    @classmethod
+    def from_report(cls, report: Any, *, recipe: str, cache: str) -> DataCacheResult:
+        """From :class:`bitsound.extract.FillReport`."""
+        return cls(recipe=recipe, cache=cache, n_clips=report.n_clips, n_cached=report.n_cached,
+                   n_computed=report.n_computed, seconds=round(report.seconds, 3),
+                   workers=report.workers, clips_per_second=report.clips_per_second,
+                   failures=[ClipProblem(path=p, problem=w) for p, w in report.failures])
+
+
 class LayerBenchResult(Result):
     """``bitsound bench layer --json``: one binary conv layer in the engine vs torch fp32, same run."""
 
@@ -434,7 +457,7 @@ def load_result(path: Path, cls: type[R]) -> R:
 
 
 __all__ = ["ClipProblem", "ComplexityResult", "CompressResult", "CompressRow", "CompressStep", "CvFold",
-           "CvResult", "DataCheckResult", "DetectResult", "DetectedEvent", "EvaluateResult",
-           "EventScoresResult", "LayerBenchResult", "LayerComplexity", "MixResult", "Prediction",
-           "PredictRow", "Result", "Scores", "SplitInfo", "StudyResult", "StudyRowResult", "TrainResult",
-           "load_result", "scores_and_predictions"]
+           "CvResult", "DataCacheResult", "DataCheckResult", "DetectResult", "DetectedEvent",
+           "EvaluateResult", "EventScoresResult", "LayerBenchResult", "LayerComplexity", "MixResult",
+           "Prediction", "PredictRow", "Result", "Scores", "SplitInfo", "StudyResult", "StudyRowResult",
+           "TrainResult", "load_result", "scores_and_predictions"]
