@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="quickstart")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--nproc", type=int, default=2, help="processes of the run compared with 1 (>= 2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write every run's scores as JSON")
     args = parser.parse_args(argv)
+    if args.nproc < 2:  # 1 would train the one-process setting twice, into the same folders
+        parser.error(f"--nproc {args.nproc}: the benchmark compares 1 process with N; give N >= 2")
     root = args.out or Path(tempfile.mkdtemp(prefix="bitsound-parity-"))
     extra = [x for item in args.set for x in ("--set", item)]
     rows = []

@@ -25,11 +25,22 @@ def expected(key: str) -> np.ndarray:
     return np.arange(n, dtype=np.float32) * (i + 1)
 
 
+class PartialRead(AssertionError):
+    pass
+
+
+def _never_damaged(path, problem):
+    """Stands in for FeatureCache._discard in the workers: get() found a partial or damaged file,
+    which the atomic writes must make impossible (get() would remove it and return None)."""
+    raise PartialRead(f"'{path}' was read while it is {problem}")
+
+
 def _hammer(args) -> int:
     """Read, compute-if-missing and overwrite the keys in a random order; count what was checked."""
     root, seed, rounds = args
     rng = random.Random(seed)
     cache = FeatureCache(root)
+    cache._discard = _never_damaged
     checked = 0
     for _ in range(rounds):
         keys = KEYS[:]
@@ -42,7 +53,7 @@ def _hammer(args) -> int:
                 got = cache.put(key, expected(key))  # concurrent writers of one key
             else:
                 got = cache.get(key)
-                if got is None:
+                if got is None:  # not written by anyone yet (a damaged file raises PartialRead)
                     continue
             if not np.array_equal(got, expected(key)):
                 raise AssertionError(f"process {seed}: key {key} served a wrong array")
@@ -90,6 +101,46 @@ def test_two_training_processes_share_one_cache(tmp_path):
     assert len(npy) == 24 and all(p.suffix == ".npy" for p in files if p.is_file())
     fc = FeatureCache(cache)
     assert all(fc.get(p.stem) is not None for p in npy)
+
+
+def test_the_workers_would_see_a_partial_file(tmp_path):
+    """The check of the test above can fail: a half-written file makes a worker raise."""
+    cache = FeatureCache(tmp_path)
+    cache.put(KEYS[0], expected(KEYS[0]))
+    path = cache.path_for(KEYS[0])
+    path.write_bytes(path.read_bytes()[:1000])
+    cache._discard = _never_damaged
+    with pytest.raises(PartialRead, match="was read while it is unreadable"):
+        cache.get(KEYS[0])
+
+
+def test_a_file_that_cannot_be_read_back_is_a_clear_error(tmp_path, monkeypatch):
+    from bitsound.errors import DataError
+
+    cache = FeatureCache(tmp_path)
+    monkeypatch.setattr(FeatureCache, "get", lambda self, key: None)  # removed at once by another
+    with pytest.raises(DataError, match=r"(?s)feature cache file '.*\.npy' could not be read back.*"
+                       r"--cache DIR"):
+        cache.put(KEYS[0], expected(KEYS[0]))
+
+
+def test_a_cache_file_that_cannot_be_opened_is_a_clear_error_and_is_kept(tmp_path, monkeypatch):
+    """Only a damaged file is removed: an I/O or permission error is not the file's fault."""
+    import errno
+
+    from bitsound.data import cache as cache_module
+    from bitsound.errors import DataError
+
+    cache = FeatureCache(tmp_path)
+    cache.put(KEYS[1], expected(KEYS[1]))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cache_module.np, "load", denied)
+    with pytest.raises(DataError, match=r"feature cache file '.*\.npy' cannot be read \(Permission denied\)"):
+        cache.get(KEYS[1])
+    assert cache.path_for(KEYS[1]).is_file()
 
 
 def test_a_full_or_read_only_cache_is_one_clear_error(tmp_path, monkeypatch):

@@ -194,13 +194,53 @@ def test_damaged_checkpoint_is_one_clear_error_on_resume(trained, tmp_path, caps
     (run / "checkpoints").mkdir(parents=True)
     data = (trained / "checkpoints" / "last.pt").read_bytes()
     (run / "checkpoints" / "last.pt").write_bytes(data[: len(data) - 100])
-    code = main(["train", "--recipe", "quickstart", "--data", "synthetic:n_per_class=2,n_locations=2",
-                 "--out", str(run), "--no-cache", "-q", "--set", "train.epochs=1",
-                 "--set", "data.split.kind=none", "--resume"])
+    args = ["train", "--recipe", "quickstart", "--data", "synthetic:n_per_class=2,n_locations=2",
+            "--out", str(run), "--no-cache", "-q", "--set", "train.epochs=1",
+            "--set", "data.split.kind=none", "--resume"]
+    code = main(args)
     err = capsys.readouterr().err.replace("\n", " ")
     assert code == 2
     assert "Traceback" not in err
-    assert "checkpoint" in err and "last.pt" in err and "is truncated" in err and "delete it" in err
+    assert "checkpoint" in err and "last.pt" in err and "is truncated" in err
+    # what the message says to do works: delete it and rerun, and --resume starts from scratch
+    assert "delete it and rerun: --resume then starts from scratch" in " ".join(err.split())
+    (run / "checkpoints" / "last.pt").unlink()
+    assert main(args) == 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 0
+
+
+def test_a_damaged_best_checkpoint_says_to_rerun_without_resume(tmp_path):
+    from bitsound.errors import CheckpointError
+    from bitsound.train.checkpoint import load_torch
+
+    best = tmp_path / "checkpoints" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty .*rerun without --resume \(--resume continues "
+                       r"only from checkpoints/last.pt\)"):
+        load_torch(best)
+
+
+def test_resume_removes_every_interrupted_write_of_the_run(tmp_path):
+    """A crash may interrupt the write of model.pt, metrics.json or log.jsonl in OUT as well as a
+    checkpoint's: --resume removes all those partial files, and nothing else."""
+    from bitsound.config import TrainConfig
+    from bitsound.train import ClassificationTask, fit
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    partial = [out / ".model.pt.x1y2.tmp", out / ".metrics.json.abc.tmp", out / ".log.jsonl.q.tmp",
+               out / "checkpoints" / ".last.pt.z9.tmp"]
+    kept = [out / "notes.tmp", out / ".mine.tmp", out / "data.csv"]
+    for path in partial + kept:
+        path.write_bytes(b"half")
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.arange(8) % 2
+    fit(model=torch.nn.Linear(3, 2), task=ClassificationTask(), train_x=x, train_y=y,
+        cfg=TrainConfig(epochs=1, batch_size=4, device="cpu"), out_dir=out, resume=True,
+        fingerprint="t", show_progress=False)
+    assert [p for p in partial if p.exists()] == []
+    assert all(p.exists() for p in kept)
 
 
 def test_checkpoint_of_another_model_is_named(trained, tmp_path):

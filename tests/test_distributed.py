@@ -1,7 +1,13 @@
 """Distributed training (torch.distributed, DDP, gloo on CPU) with 2 processes."""
 
+import functools
+import gc
 import json
+import logging
 import os
+import pickle
+import sys
+import time
 
 import pytest
 import torch
@@ -9,11 +15,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from bitsound import cli
 from bitsound.cli import _without_nproc, main
 from bitsound.config import TrainConfig
-from bitsound.errors import ConfigError
+from bitsound.data.sampler import balanced_weights
+from bitsound.errors import ConfigError, DataError, DistributedError
 from bitsound.train import ClassificationTask, distributed, fit
 from bitsound.train.distributed import DistInfo, DistributedBalancedSampler, make_sampler
+
+SYNTHETIC = "synthetic:n_per_class=3,n_locations=3"
 
 
 # ------------------------------------------------------------------ samplers and helpers
@@ -26,7 +36,8 @@ def test_balanced_sampler_deals_one_global_draw_to_the_ranks():
     lists = [list(s) for s in ranks]
     assert all(len(x) == len(ranks[0]) == 6 for x in lists)  # ceil(17 / 3)
     g = torch.Generator().manual_seed(5 + 2)
-    weights = 1.0 / torch.bincount(labels)[labels].double()
+    weights = balanced_weights(labels)
+    torch.testing.assert_close(weights[[0, 12, 15]], torch.tensor([1 / 12, 1 / 3, 1 / 2]).double())
     expected = torch.multinomial(weights, 18, replacement=True, generator=g).tolist()
     interleaved = [lists[i % world][i // world] for i in range(18)]
     assert interleaved == expected
@@ -61,6 +72,74 @@ def test_local_batches_of_the_ranks_make_up_one_global_batch():
         assert union == sorted(permutation[step * global_batch:(step + 1) * global_batch])
 
 
+def test_undersampling_is_refused_for_several_processes():
+    cfg = TrainConfig(balanced_sampling="undersample", batch_size=8)
+    assert distributed.check_config(cfg, DistInfo()) == 8  # one process: seed 002's sampler runs
+    with pytest.raises(ConfigError, match="'undersample' .* single process only.*balanced_sampling=true"):
+        distributed.check_config(cfg, DistInfo(world_size=2))
+    with pytest.raises(ConfigError, match="'undersample'"):
+        make_sampler(torch.zeros(4, dtype=torch.int64), balanced="undersample", seed=0,
+                     info=DistInfo(world_size=2))
+    assert distributed.check_config(cfg.model_copy(update={"balanced_sampling": True}),
+                                    DistInfo(world_size=2)) == 4
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_undersampling_is_refused_before_any_process_starts(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("processes were started"))
+    code = main([command, "--recipe", "quickstart", "--data", SYNTHETIC, "--out", str(tmp_path / "run"),
+                 "--cache", str(tmp_path / "cache"), "-q", "--nproc", "2",
+                 "--set", "train.balanced_sampling=undersample"])
+    assert code == 2
+    assert "'undersample' (seed 002's class cycle) runs in a single process only" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two", "2.5", "100000"])
+def test_nproc_must_be_a_count_of_processes(value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("processes were started"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--recipe", "quickstart", "--data", SYNTHETIC, "--no-cache", "--nproc", value])
+    assert exit_.value.code == 2
+    assert f"--nproc must be a whole number in [1, 1024], got '{value}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--npr", "2"], ["--nproc", "2", "--work", "2"], ["--recip", "quickstart"]])
+def test_options_are_never_abbreviated(args, capsys, monkeypatch):
+    """An abbreviation such as --npr 2 would reach the processes --nproc starts, which would each
+    start processes again: every option must be spelt in full."""
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("processes were started"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--recipe", "quickstart", "--no-cache", *args])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["inf", "1e20", "nan", "0", "-5", "soon", "2592001"])
+def test_a_timeout_must_be_finite_and_bounded(value, monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    with pytest.raises(ConfigError, match=rf"environment variable BITSOUND_DIST_TIMEOUT='{value}' must be "
+                       r"a number of seconds in \(0, 2592000\]"):
+        distributed.timeout_seconds()
+
+
+def test_a_timeout_in_range_is_used(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout_seconds() == 6 * 3600
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "2592000")
+    assert distributed.timeout_seconds() == 2592000.0
+
+
+def test_the_cores_are_divided_among_the_processes():
+    assert distributed.threads_per_process(2, cores=16) == 8
+    assert distributed.threads_per_process(3, cores=2) == 1
+    # a user's OMP_NUM_THREADS never makes N processes use every core, but a lower one is kept
+    assert distributed.threads_per_process(4, requested="16", cores=16) == 4
+    assert distributed.threads_per_process(4, requested="2", cores=16) == 2
+    assert distributed.threads_per_process(4, requested="4,2", cores=16) == 4
+    assert distributed.threads_per_process(4, requested="0", cores=16) == 4
+
+
 def test_global_batch_must_divide_among_ranks():
     with pytest.raises(ConfigError, match=r"train.batch_size 10 .* all 3 processes .*batch_size=9"):
         distributed.local_batch_size(10, DistInfo(world_size=3))
@@ -93,6 +172,7 @@ def test_single_process_helpers_do_nothing():
     model = nn.Linear(2, 2)
     assert distributed.wrap(model, torch.device("cpu")) is model
     assert distributed.main_first(lambda: 7, what="x") == 7
+    assert distributed.from_main(lambda: 7, what="x", share=False) == 7
 
 
 def test_nproc_is_removed_from_the_command_of_each_process():
@@ -163,20 +243,37 @@ def _worker(rank, world, root):
     fit(model=resumed, task=ClassificationTask(mixup_alpha=0.2), train_x=x, train_y=y, cfg=cfg,
         out_dir=root / "crashed", validate=validate, fingerprint="t", resume=True,
         show_progress=False)
-    flat = {name: torch.cat([p.detach().flatten() for p in m.state_dict().values()])
-            for name, (m, _) in results.items()}
-    flat["resumed"] = torch.cat([p.detach().flatten() for p in resumed.state_dict().values()])
-    torch.save({"weights": flat, "history": [r.history for _, r in results.values()]},
-               root / f"rank{rank}.pt")
+    flat = {name: flatten(m.state_dict()) for name, (m, _) in results.items()}
+    flat["resumed"] = flatten(resumed.state_dict())
+    torch.save({"weights": flat, "history": [r.history for _, r in results.values()],
+                "best_epochs": [r.best_epoch for _, r in results.values()]}, root / f"rank{rank}.pt")
+    leave_group()
+
+
+def leave_group():
+    """As distributed.session does: free the DDP wrappers (reference cycles) while the group
+    exists, then leave it together."""
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
+
+
+def flatten(state: dict) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in state.values()])
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_agree_repeat_and_resume(tmp_path):
     mp.spawn(_worker, args=(2, tmp_path), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    for name in ("a", "b", "balanced", "resumed"):  # DDP keeps the replicas identical
-        torch.testing.assert_close(ranks[0]["weights"][name], ranks[1]["weights"][name], rtol=0, atol=0)
+    for name in ("a", "b", "balanced", "resumed"):
+        folder = tmp_path / ("crashed" if name == "resumed" else name) / "checkpoints"
+        last, best = (torch.load(folder / f, weights_only=True)["model"] for f in ("last.pt", "best.pt"))
+        # rank 0 holds the best epoch's weights; rank 1 the last epoch's, which DDP kept identical
+        # to rank 0's (the best weights are not sent to ranks that score nothing)
+        torch.testing.assert_close(ranks[0]["weights"][name], flatten(best), rtol=0, atol=0)
+        torch.testing.assert_close(ranks[1]["weights"][name], flatten(last), rtol=0, atol=0)
+    assert ranks[0]["best_epochs"] == ranks[1]["best_epochs"]
     w = ranks[0]["weights"]
     torch.testing.assert_close(w["a"], w["b"], rtol=0, atol=0)  # same seed, same world: same run
     torch.testing.assert_close(w["a"], w["resumed"], rtol=0, atol=0)  # a crash changes nothing
@@ -191,29 +288,80 @@ def test_two_gloo_processes_agree_repeat_and_resume(tmp_path):
     assert torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["world_size"] == 2
 
 
+#: Each rank of a --nproc run, started by the tests instead of ``python -m bitsound``: it counts
+#: the clips whose features it computes, and (with DIE_AT > 0) rank 1 crashes at that training step.
+HARNESS = r"""
+import os, sys
+from pathlib import Path
+import bitsound.pipeline as pipeline
+from bitsound.cli import main
+from bitsound.train.tasks import ClassificationTask
+
+computed, die_at = Path(sys.argv[1]), int(sys.argv[2])
+real_features = pipeline.clip_features
+def clip_features(*args, **kwargs):
+    with computed.open("a") as handle:
+        handle.write(os.environ["RANK"] + "\n")
+    return real_features(*args, **kwargs)
+pipeline.clip_features = clip_features
+real_loss, steps = ClassificationTask.training_loss, {"n": 0}
+def training_loss(self, *args, **kwargs):
+    steps["n"] += 1
+    if steps["n"] == die_at and os.environ["RANK"] == "1":
+        os._exit(3)  # a crash: no exception, no goodbye to the other rank
+    return real_loss(self, *args, **kwargs)
+ClassificationTask.training_loss = training_loss
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def launch_through_harness(tmp_path, monkeypatch, *, die_at: int = 0):
+    """Make --nproc start every rank through HARNESS; returns the file of computed clips."""
+    script, computed = tmp_path / "harness.py", tmp_path / "computed.txt"
+    script.write_text(HARNESS)
+    monkeypatch.setattr(distributed, "launch", functools.partial(
+        distributed.launch, command=[sys.executable, str(script), str(computed), str(die_at)]))
+    return computed
+
+
+def nproc_2_args(out, cache):
+    return ["train", "--recipe", "quickstart", "--data", SYNTHETIC, "--out", str(out), "--cache",
+            str(cache), "-q", "--nproc", "2", "--set", "train.epochs=2", "--set", "train.batch_size=8",
+            "--set", "data.split.val_fraction=0.34"]
+
+
 @pytest.mark.slow
-def test_train_nproc_2_runs_a_recipe_with_gloo(tmp_path, capsys):
+def test_train_nproc_2_runs_a_recipe_with_gloo(tmp_path, monkeypatch):
+    computed = launch_through_harness(tmp_path, monkeypatch)
     out = tmp_path / "run"
-    code = main(["train", "--recipe", "quickstart", "--data", "synthetic:n_per_class=3,n_locations=3",
-                 "--out", str(out), "--cache", str(tmp_path / "cache"), "-q", "--nproc", "2",
-                 "--set", "train.epochs=2", "--set", "train.batch_size=8",
-                 "--set", "data.split.val_fraction=0.34"])
-    assert code == 0
+    assert main(nproc_2_args(out, tmp_path / "cache")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["held_out"]["n"] == 10 and metrics["epochs_run"] == 2
     lines = (out / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert (out / "model.pt").is_file() and not list(out.rglob("*.tmp"))
-    # rank 0 filled the cache once; the other rank read it
+    # rank 0 computed every clip's features once; the other rank read them all from the cache
+    assert computed.read_text().split() == ["0"] * 24
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 24
 
 
-def test_a_failing_process_stops_the_others():
-    import sys
-    import time
-
+@pytest.mark.slow
+def test_a_rank_that_dies_stops_the_run(tmp_path, monkeypatch, capfd):
+    """Rank 1 crashes mid-epoch without a word: rank 0 is not left waiting for it, the run
+    fails with rank 1's exit status and writes no model."""
+    launch_through_harness(tmp_path, monkeypatch, die_at=3)
     started = time.monotonic()
-    code = distributed.launch([], nproc=2, command=[
+    code = main(nproc_2_args(tmp_path / "run", tmp_path / "cache"))
+    # rank 1's status (rank 0's, 1, only if it ended within the same 50 ms sweep of launch)
+    assert code in (3, 1)
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert "by peer" in capfd.readouterr().err  # rank 0 said why it stopped (gloo's words)
+
+
+def test_a_failing_process_stops_the_others():
+    started = time.monotonic()
+    code = distributed.launch([], nproc=2, grace_s=1.0, command=[
         sys.executable, "-c", "import os, sys, time\n"
         "if os.environ['RANK'] == '1': sys.exit(3)\n"
         "time.sleep(120)"])
@@ -221,10 +369,132 @@ def test_a_failing_process_stops_the_others():
     assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
 
 
+def test_rank_0_may_say_why_before_the_others_are_stopped(tmp_path, capfd, monkeypatch):
+    """Rank 1 ends first (it only knows that rank 0 failed); rank 0, still printing its error,
+    is not terminated before it has said what went wrong. Each process gets its share of the
+    cores, whatever OMP_NUM_THREADS the user set."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    code = distributed.launch([str(tmp_path)], nproc=2, command=[
+        sys.executable, "-c", "import os, sys, time\n"
+        "open(os.path.join(sys.argv[1], 'threads' + os.environ['RANK']), 'w')"
+        ".write(os.environ['OMP_NUM_THREADS'])\n"
+        "if os.environ['RANK'] == '1': sys.exit(2)\n"
+        "time.sleep(1.5)\n"
+        "print('rank 0: clip a.wav is broken', file=sys.stderr, flush=True)\n"
+        "sys.exit(2)"])
+    assert code == 2
+    assert "rank 0: clip a.wav is broken" in capfd.readouterr().err
+    share = distributed.threads_per_process(2, requested="64")
+    assert share <= max(1, (os.cpu_count() or 1) // 2)
+    assert [(tmp_path / f"threads{r}").read_text() for r in range(2)] == [str(share)] * 2
+
+
 def test_a_batch_that_does_not_divide_is_refused_before_starting(tmp_path, capsys):
-    code = main(["train", "--recipe", "quickstart", "--data", "synthetic:n_per_class=3,n_locations=3",
+    code = main(["train", "--recipe", "quickstart", "--data", SYNTHETIC,
                  "--out", str(tmp_path / "run"), "--no-cache", "-q", "--nproc", "2",
                  "--set", "train.batch_size=7"])
     assert code == 2
     assert "train.batch_size 7 is the global batch of all 2 processes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ failures between ranks
+def _raise(err):
+    raise err
+
+
+def _failure_worker(rank, world, root):
+    """from_main / main_first when rank 0's part fails, and a recipe refused on every rank."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
+                            world_size=world)
+    torch.set_num_threads(1)
+    seen = {}
+
+    def attempt(name, fn):
+        try:
+            seen[name] = ("ok", fn())
+        except Exception as err:
+            seen[name] = (type(err).__name__, str(err))
+
+    attempt("from_main", lambda: distributed.from_main(
+        lambda: _raise(DataError("clip 'a.wav' is broken")), what="checking the clips"))
+    attempt("shared", lambda: distributed.from_main(lambda: {"rank": rank}, what="x"))
+    attempt("not shared", lambda: distributed.from_main(lambda: {"rank": rank}, what="x", share=False))
+    ran = []
+    attempt("main_first", lambda: distributed.main_first(
+        lambda: ran.append(rank) or _raise(DataError("the cache is full")), what="computing features"))
+    seen["ran"] = ran
+
+    def fill():  # rank 0 first, then the others, which find what rank 0 wrote
+        if rank == 0:
+            time.sleep(0.5)
+            (root / "filled").write_text("by rank 0")
+        return (root / "filled").read_text()
+
+    attempt("order", lambda: distributed.main_first(fill, what="computing features"))
+    # a refused recipe: rank 0 says why, the others stop; nothing was checked or computed
+    import bitsound.experiment as experiment
+    from bitsound.data import FeatureCache, open_dataset
+    from bitsound.recipes import load_recipe
+
+    experiment.check_clips = lambda *a, **k: pytest.fail("the clips were checked")
+    recipe = load_recipe("quickstart", overrides=["train.balanced_sampling=undersample"])
+    attempt("undersample", lambda: experiment.train_on_split(
+        recipe, open_dataset(SYNTHETIC), None, out_dir=root / "run", cache=FeatureCache(root / "cache"),
+        show_progress=False))
+    seen["main"] = distributed.quiet_other_ranks()
+    seen["level"] = logging.getLogger("bitsound").level
+    (root / f"seen{rank}.pkl").write_bytes(pickle.dumps(seen))
+    leave_group()
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank_0_stops_the_others_with_its_reason(tmp_path):
+    mp.spawn(_failure_worker, args=(2, tmp_path), nprocs=2, join=True)
+    zero, one = (pickle.loads((tmp_path / f"seen{r}.pkl").read_bytes()) for r in range(2))
+    assert zero["from_main"] == ("DataError", "clip 'a.wav' is broken")
+    assert one["from_main"] == ("DistributedError", "rank 1: rank 0 stopped while checking the clips "
+                                "(DataError: clip 'a.wav' is broken)")
+    assert zero["shared"] == one["shared"] == ("ok", {"rank": 0})
+    assert zero["not shared"] == ("ok", {"rank": 0}) and one["not shared"] == ("ok", None)
+    assert zero["main_first"] == ("DataError", "the cache is full")
+    assert one["main_first"][0] == "DistributedError" and "computing features" in one["main_first"][1]
+    assert zero["ran"] == [0] and one["ran"] == []  # rank 1 never ran what failed on rank 0
+    assert zero["order"] == one["order"] == ("ok", "by rank 0")
+    assert zero["undersample"][0] == "ConfigError" and "'undersample'" in zero["undersample"][1]
+    assert one["undersample"][0] == "DistributedError" and "'undersample'" in one["undersample"][1]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+    assert (zero["main"], one["main"]) == (True, False)
+    assert one["level"] == logging.ERROR  # warnings too are rank 0's to print
+
+
+def test_other_ranks_leave_rank_0s_failure_to_rank_0(monkeypatch, capsys):
+    """An error that only says rank 0 failed is printed by rank 0 alone; any other is printed."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    stopped = DistributedError("rank 1: rank 0 stopped while computing features (DataError: x)")
+    monkeypatch.setattr(cli, "cmd_train", lambda args: _raise(stopped))
+    assert main(["train", "--recipe", "quickstart"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "cmd_train", lambda args: _raise(DataError("rank 1's own disk is full")))
+    assert main(["train", "--recipe", "quickstart"]) == 2
+    assert "rank 1's own disk is full" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(cli, "cmd_train", lambda args: _raise(stopped))
+    assert main(["train", "--recipe", "quickstart"]) == 2
+    assert "rank 0 stopped while computing features" in capsys.readouterr().err
+
+
+def test_the_parity_benchmark_refuses_to_compare_one_process_with_itself(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "distributed_parity.py"
+    done = subprocess.run([sys.executable, str(script), "--nproc", "1", "--out", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--nproc 1: the benchmark compares 1 process with N" in done.stderr
+    assert not (tmp_path / "p").exists()

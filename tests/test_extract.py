@@ -83,11 +83,81 @@ def test_an_interrupted_fill_continues_where_it_stopped(recipe, dataset, referen
 
 
 @pytest.mark.slow
+def test_an_interrupted_pool_cancels_the_queued_clips_and_keeps_the_finished(recipe, dataset, reference,
+                                                                             tmp_path, monkeypatch):
+    """^C while worker processes compute: the clips not started are cancelled, the running ones
+    finish and are stored whole, no worker is left behind, and the next fill does the rest."""
+    import multiprocessing
+
+    import bitsound.extract as extract
+
+    monkeypatch.setattr(extract, "_IN_FLIGHT_PER_WORKER", 1)  # 2 clips in flight of 16
+    real_wait, calls = extract.wait, {"n": 0}
+
+    def wait(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "wait", wait)
+    cache = FeatureCache(tmp_path)
+    views = cache_views(recipe, dataset)
+    with pytest.raises(KeyboardInterrupt):
+        fill_cache(dataset, views, recipe=recipe, cache=cache, workers=2, show_progress=False)
+    assert not multiprocessing.active_children()
+    stored = sorted(tmp_path.rglob("*.npy"))
+    n = len(dataset.clips)
+    assert 2 <= len(stored) <= 6 < n  # 2 done before the interrupt, at most 2 x 2 running then
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".npy"]
+    assert all(cache.get(p.stem) is not None for p in stored)  # whole files only
+    monkeypatch.setattr(extract, "wait", real_wait)
+    report = fill_cache(dataset, views, recipe=recipe, cache=cache, show_progress=False)
+    assert (report.n_cached, report.n_computed) == (len(stored), n - len(stored))
+    cached = build_features(dataset, range(n), recipe=recipe, label_index=labels(dataset), cache=cache,
+                            show_progress=False)
+    assert_same_features(cached, reference)
+
+
+def test_a_damaged_cache_file_does_not_count_as_cached(recipe, dataset, tmp_path, caplog):
+    cache = FeatureCache(tmp_path)
+    some = {"windows": [0, 1, 2]}
+    assert fill_cache(dataset, some, recipe=recipe, cache=cache, show_progress=False).n_computed == 3
+    files = sorted(tmp_path.rglob("*.npy"))
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[: len(good) // 2])  # cut short: a copy or a disk that failed
+    report = fill_cache(dataset, some, recipe=recipe, cache=cache, show_progress=False)
+    assert (report.n_cached, report.n_computed) == (2, 1)
+    assert files[0].read_bytes() == good and "removing it and recomputing" in caplog.text
+
+
+def test_each_view_reports_its_own_cached_count(dataset, tmp_path, caplog):
+    import logging
+
+    cropped = load_recipe("quickstart", overrides=["frontend={kind: raw}", "audio.crop.source_seconds=1.0",
+                                                   "augment.time_masks=0", "augment.freq_masks=0"])
+    cache = FeatureCache(tmp_path)
+    views = cache_views(cropped, dataset)
+    assert set(views) == {"windows", "source"}
+    fill_cache(dataset, views, recipe=cropped, cache=cache, show_progress=False)
+    n = len(dataset.clips)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bitsound"):
+        report = fill_cache(dataset, views, recipe=cropped, cache=cache, show_progress=False)
+    assert (report.n_clips, report.n_cached, report.n_computed) == (2 * n, 2 * n, 0)
+    assert f"windows view: {n} of {n} clips already cached" in caplog.text
+    assert f"source view: {n} of {n} clips already cached" in caplog.text
+
+
+@pytest.mark.slow
 def test_data_cache_command_fills_the_cache_in_workers(recipe, dataset, reference, tmp_path, capsys):
+    from bitsound.report.results import DataCacheResult
+
     args = ["data", "cache", "--recipe", "quickstart", "--data", SPEC, "--cache", str(tmp_path),
             "--workers", "2", "--json"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
+    assert DataCacheResult.model_validate(first).recipe == "quickstart"
     assert first["n_clips"] == 16 and first["n_computed"] == 16 and first["n_cached"] == 0
     assert first["workers"] == 2 and first["clips_per_second"] > 0
     # what the workers stored is what this process computes
@@ -125,10 +195,18 @@ def test_every_failure_of_the_workers_is_in_one_error():
     raise_failures([], total=9, description="train features")  # nothing failed: no error
 
 
-def test_worker_count_is_checked():
+def test_worker_count_is_checked(tmp_path, capsys):
     assert check_workers(0) == 0 and check_workers(4) == 4
     with pytest.raises(ConfigError, match="--workers -1"):
         check_workers(-1)
+    # on the command line, before anything is opened (even when every clip is cached)
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["data", "cache", "--recipe", "quickstart", "--data", SPEC, "--cache", str(tmp_path),
+                  "--workers", bad])
+        assert exit_.value.code == 2
+        assert f"--workers must be a whole number in [0, 1024], got '{bad}'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------ front-end code version
@@ -167,7 +245,7 @@ def test_code_digest_follows_imports_within_the_package(tmp_path, monkeypatch):
 def test_the_mp3_decoding_code_is_part_of_the_feature_version(monkeypatch):
     """The MP3 frame walk changed once without a version bump; now any change of it changes keys."""
     base = codeversion.code_digest(codeversion.FEATURE_MODULES, prefix=codeversion.FOLLOW_PREFIX)
-    assert codeversion.frontend_code_version() == base
+    assert codeversion.feature_version_parts()["modules"] == base
     real = codeversion._source
     for module in ("bitsound.audio.mpeg", "bitsound.audio.ogg", "bitsound.audio.io",
                    "bitsound.audio.features"):
@@ -178,6 +256,65 @@ def test_the_mp3_decoding_code_is_part_of_the_feature_version(monkeypatch):
     monkeypatch.setattr(codeversion, "_source", lambda name: (
         real(name) + b"\n# changed\n" if name == "bitsound.audio.augment" else real(name)))
     assert codeversion.code_digest(codeversion.FEATURE_MODULES, prefix=codeversion.FOLLOW_PREFIX) == base
+
+
+def _version_with(monkeypatch, **patches) -> str:
+    """frontend_code_version() with parts of codeversion replaced."""
+    for name, value in patches.items():
+        monkeypatch.setattr(codeversion, name, value)
+    codeversion.frontend_code_version.cache_clear()
+    try:
+        return codeversion.frontend_code_version()
+    finally:
+        monkeypatch.undo()
+        codeversion.frontend_code_version.cache_clear()
+
+
+@pytest.mark.parametrize("spec", codeversion.FEATURE_FUNCTIONS)
+def test_windowing_gating_cropping_and_loaders_are_part_of_the_feature_version(spec, monkeypatch):
+    """Code outside bitsound.audio that shapes a clip (the pipeline's windows, energy gate and
+    crops, each data set's load) changes the cache keys when it changes."""
+    codeversion.frontend_code_version.cache_clear()
+    base = codeversion.frontend_code_version()
+    module = spec.partition(":")[0]
+    real = codeversion._source
+    source = codeversion.function_source(spec)
+    assert source.lstrip().startswith(b"def ") and len(source) > 80
+    assert base != _version_with(monkeypatch, _source=lambda name: (
+        real(name).replace(source, source.replace(b"def ", b"def  ", 1)) if name == module else real(name)))
+    assert base == _version_with(monkeypatch, _source=lambda name: (  # elsewhere in the module
+        real(name) + b"\n# changed\n" if name == module else real(name)))
+
+
+def test_every_data_set_loader_is_part_of_the_feature_version():
+    import bitsound.data  # noqa: F401  (registers every data set class)
+    from bitsound.data.records import Dataset
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    loaders = {f"{c.__module__}:{c.__qualname__}.load" for c in [Dataset, *subclasses(Dataset)]
+               if "load" in vars(c)}
+    assert len(loaders) >= 3 and loaders <= set(codeversion.FEATURE_FUNCTIONS)
+    with pytest.raises(LookupError, match="defines no Dataset.missing"):
+        codeversion.function_source("bitsound.data.records:Dataset.missing")
+
+
+@pytest.mark.parametrize("library", [*codeversion.FEATURE_LIBRARIES, "libsndfile"])
+def test_library_versions_are_part_of_the_feature_version(library, monkeypatch):
+    """An upgrade of a decoder, the resampler, numpy or torch never serves the old features."""
+    import soundfile
+
+    versions = codeversion.library_versions()
+    assert versions["libsndfile"] == soundfile.__libsndfile_version__
+    assert versions["torch"] == torch.__version__ and versions["numpy"] == np.__version__
+    codeversion.frontend_code_version.cache_clear()
+    base = codeversion.frontend_code_version()
+    upgraded = {**versions, library: versions[library] + ".1"}
+    assert base != _version_with(monkeypatch, library_versions=lambda: upgraded)
+    assert base == _version_with(monkeypatch, library_versions=lambda: dict(versions))
 
 
 def test_other_front_end_code_is_never_served_from_the_cache(recipe, dataset, tmp_path, monkeypatch):
@@ -203,7 +340,12 @@ def test_code_version_falls_back_without_sources(monkeypatch, caplog):
         ModuleNotFoundError("no source")))
     codeversion.frontend_code_version.cache_clear()
     try:
-        assert codeversion.frontend_code_version().startswith("version:")
-        assert "cannot hash the front-end code" in caplog.text
+        fallback = codeversion.frontend_code_version()
+        assert fallback.startswith("version:")
+        assert "cannot hash the feature code" in caplog.text
+        versions = codeversion.library_versions()  # the libraries still count without sources
+        monkeypatch.setattr(codeversion, "library_versions", lambda: {**versions, "soxr": "0.0.1"})
+        codeversion.frontend_code_version.cache_clear()
+        assert codeversion.frontend_code_version() != fallback
     finally:
         codeversion.frontend_code_version.cache_clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ _COMPUTER: _ClipComputer | None = None
 
 def _init_worker(dataset, recipe, view: str, cache_root: str | None) -> None:
     global _COMPUTER
+    # ^C reaches every process of the terminal's group: only the main process handles it (it
+    # cancels the queued clips; the running ones finish and are stored whole).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # the parallelism is the workers
     _COMPUTER = _ClipComputer(dataset, recipe, view, cache_root)
 
@@ -244,7 +248,8 @@ def fill_cache(dataset, views: dict[str, list[int]], *, recipe, cache, workers: 
                show_progress: bool = True) -> FillReport:
     """Store the features of ``dataset.clips[i]`` for each view's indices in ``cache``.
 
-    Clips already cached are skipped, so a run that was interrupted continues where it stopped.
+    Clips already cached (a complete, readable file: :meth:`FeatureCache.__contains__`) are
+    skipped, so a run that was interrupted continues where it stopped.
     Clips that cannot be decoded are listed in the report; the others are stored all the same.
 
     Parameters
@@ -267,6 +272,7 @@ def fill_cache(dataset, views: dict[str, list[int]], *, recipe, cache, workers: 
     for view, indices in views.items():
         config = cache_config(recipe, view)
         jobs = []
+        cached_here = 0
         for position, index in enumerate(indices):
             n_clips += 1
             clip = dataset.clips[index]
@@ -275,12 +281,13 @@ def fill_cache(dataset, views: dict[str, list[int]], *, recipe, cache, workers: 
             except DataError as err:
                 failures.append((str(clip.path), str(err)))
                 continue
-            if key in cache:
-                n_cached += 1
+            if key in cache:  # read and checked: a damaged file is removed and recomputed
+                cached_here += 1
             else:
                 jobs.append((position, index, key))
-        if n_cached:
-            log.info("%s view: %d of %d clips already cached", view, n_cached, len(indices))
+        n_cached += cached_here
+        if cached_here:
+            log.info("%s view: %d of %d clips already cached", view, cached_here, len(indices))
         if jobs:
             done = compute_parallel(dataset, jobs, recipe=recipe, view=view, cache=cache,
                                     workers=workers, show_progress=show_progress,

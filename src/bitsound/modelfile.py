@@ -21,8 +21,9 @@ from torch import nn
 
 from bitsound.audio.features import build_frontend
 from bitsound.config import Recipe, parse_recipe
-from bitsound.errors import CheckpointError
+from bitsound.errors import BitsoundError, CheckpointError
 from bitsound.models import build_model
+from bitsound.models.registry import validate_params
 from bitsound.modelspec import build_from_spec, module_spec
 from bitsound.train.checkpoint import load_torch, save_torch
 
@@ -54,9 +55,7 @@ class SoundClassifier(nn.Module):
         self.labels = list(labels)
         self.frontend = build_frontend(recipe.frontend, sample_rate=recipe.audio.sample_rate)
         self.net = net
-        seconds = recipe.audio.segment.length if recipe.audio.segment else recipe.audio.clip_seconds
-        samples = round(seconds * recipe.audio.sample_rate)
-        self.example_input = torch.zeros(1, recipe.audio.n_channels, samples)
+        self.example_input = torch.zeros(1, recipe.audio.n_channels, recipe.audio.window_samples)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.net(self.frontend(wave))
@@ -64,12 +63,13 @@ class SoundClassifier(nn.Module):
 
 def feature_shape(recipe: Recipe) -> tuple[int, ...]:
     frontend = build_frontend(recipe.frontend, sample_rate=recipe.audio.sample_rate)
-    seconds = recipe.audio.segment.length if recipe.audio.segment else recipe.audio.clip_seconds
-    return tuple(frontend.output_shape(recipe.audio.n_channels,
-                                       round(seconds * recipe.audio.sample_rate)))
+    return tuple(frontend.output_shape(recipe.audio.n_channels, recipe.audio.window_samples))
 
 
 def build_net(recipe: Recipe, n_classes: int) -> nn.Module:
+    """The recipe's untrained network; its params are first checked against the recipe's audio
+    and front end (:meth:`~bitsound.models.registry.ModelParams.check_recipe`)."""
+    validate_params(recipe.model.name, recipe.model.params).check_recipe(recipe)
     return build_model(recipe.model.name, input_shape=feature_shape(recipe), n_classes=n_classes,
                        params=recipe.model.params)
 
@@ -105,7 +105,7 @@ def load_model(path: str | Path) -> SoundClassifier:
     recipe = parse_recipe(data["recipe"], source=f"stored in '{path}'")
     try:
         if data["version"] == 1:
-            _check_v1_shapes(recipe, data, path)
+            _check_v1_shapes(recipe, data)
             net = build_net(recipe, len(data["labels"]))
         else:
             net = build_from_spec(data["module_spec"])
@@ -128,20 +128,29 @@ def load_model(path: str | Path) -> SoundClassifier:
     return model.eval()
 
 
-def _check_v1_shapes(recipe: Recipe, data: dict, path) -> None:
+def _check_v1_shapes(recipe: Recipe, data: dict) -> None:
     """A version-1 file's network is rebuilt from its recipe: build it on the meta device first
     (no memory) and compare its shapes with the stored weights, so that a damaged or hostile
-    recipe asking for a huge network is refused before anything is allocated."""
+    recipe asking for a huge network is refused before anything is allocated. Errors are
+    :class:`CheckpointError` without the path, which :func:`load_model` puts in front."""
     try:
         with torch.device("meta"):
             probe = build_net(recipe, len(data["labels"]))
-    except Exception:  # a network that cannot be built on the meta device: built as before
-        return
+    except BitsoundError as err:  # the recipe's model section is invalid
+        raise CheckpointError(f"its recipe builds no network ({err}); the file is damaged: train "
+                              "the model again or copy the file again") from None
+    # What layer constructors raise for odd sizes, and what an operation the meta device lacks
+    # raises: either way the size cannot be checked before allocating, so the file is refused.
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"the network its recipe describes cannot be built ({type(err).__name__}: "
+                              f"{first}); the file is damaged (every bitsound network builds on the meta "
+                              "device): train the model again or copy the file again") from None
     wanted = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in data["state_dict"].items() if isinstance(v, torch.Tensor)}
     if wanted != stored:
         diff = sorted(set(wanted.items()) ^ set(stored.items()), key=str)[:3]
-        raise CheckpointError(f"model file '{path}': its weights do not fit the network its recipe "
+        raise CheckpointError(f"its weights do not fit the network its recipe "
                               f"builds (e.g. {diff}); a version-1 file is rebuilt from its recipe, so "
                               "the file is damaged, or its network changed shape after it was built: "
                               "re-save it with this bitsound (bitsound.modelfile.save_model)")

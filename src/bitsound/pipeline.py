@@ -57,7 +57,8 @@ class FeatureSet:
 def feature_config(recipe: Recipe) -> dict:
     """The part of a recipe that determines features: the cache key and the model file keep it.
 
-    ``code`` is the version of the decoding and front-end code (a hash of its source, see
+    ``code`` is the version of the decoding, windowing, loading and front-end code and of the
+    libraries they use (a hash of their source and versions, see
     :mod:`bitsound.audio.codeversion`), so that features cached by other code are never served.
     """
     return {"audio": recipe.audio.model_dump(mode="json"),

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import tokenize
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,25 @@ class FeatureCache:
         """The cached array, memory-mapped read-only, or None when absent or damaged.
 
         A damaged file is removed (with a warning) so the next :meth:`put` replaces it.
+
+        Raises
+        ------
+        DataError
+            The file exists but cannot be read (permissions, an I/O error).
         """
         path = self.path_for(key)
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
+            problem = _size_problem(path, array)
+        except FileNotFoundError:  # absent, or removed by another process in between
             return None
-        except Exception as exc:  # numpy's header parser raises many types (found by fuzzing)
+        except OSError as exc:  # permissions, I/O errors, too many open files: not the file's fault
+            raise DataError(f"feature cache file '{path}' cannot be read ({exc.strerror or exc}); "
+                            "check its permissions and the disk, or pass --cache DIR with another "
+                            "folder (or --no-cache)") from None
+        except _DAMAGED as exc:
             self._discard(path, f"unreadable ({type(exc).__name__}: {exc})")
             return None
-        problem = _size_problem(path, array)
         if problem:
             self._discard(path, problem)
             return None
@@ -133,7 +143,8 @@ class FeatureCache:
         TypeError
             ``array`` has an object dtype (it could not be memory-mapped back).
         DataError
-            The cache folder cannot be written (full, read-only).
+            The cache folder cannot be written (full, read-only), or the file written cannot be
+            read back.
         """
         array = np.asarray(array)
         if array.dtype.hasobject:
@@ -147,8 +158,11 @@ class FeatureCache:
                             " free space there, pass --cache DIR with a writable folder, or --no-cache"
                             ) from None
         stored = self.get(key)
-        if stored is None:  # only if another process damaged it in between
-            raise OSError(f"feature cache file '{path}' could not be read back after writing")
+        if stored is None:  # another process removed or damaged it in between, or the disk fails
+            raise DataError(f"feature cache file '{path}' could not be read back after writing it "
+                            "(removed or damaged at once: another program cleaning the cache, or a "
+                            "failing disk); rerun, check the disk, or pass --cache DIR with another "
+                            "folder (or --no-cache)")
         return stored
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -159,13 +173,22 @@ class FeatureCache:
         return self.put(key, compute())
 
     def __contains__(self, key: str) -> bool:
-        return self.path_for(key).is_file()
+        """A complete, readable array is cached under ``key`` (:meth:`get`: a damaged file is
+        removed and does not count, so it is computed again)."""
+        return self.get(key) is not None
 
     def _discard(self, path: Path, problem: str) -> None:
         log.warning("feature cache: '%s' is %s; removing it and recomputing", path, problem)
         # Another process may have removed or replaced it first.
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+#: What numpy raises for a damaged ``.npy`` file (found by fuzzing its header and bytes): a bad
+#: magic string, header or dtype (parsed with ast and, for old headers, tokenize), a shape larger
+#: than the file, EOF.
+_DAMAGED = (ValueError, TypeError, SyntaxError, tokenize.TokenError, EOFError, OverflowError,
+            IndexError, KeyError)
 
 
 def _check_key(key: str) -> None:

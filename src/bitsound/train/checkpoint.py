@@ -61,7 +61,7 @@ def load_torch(path: Path, *, what: str = "checkpoint") -> dict:
                               f"DIR/model.pt)")
     problem = torch_file_problem(path)
     if problem is not None:
-        raise CheckpointError(f"{what} '{path}' {problem}; {_REMEDY.get(what, _REMEDY[''])}")
+        raise CheckpointError(f"{what} '{path}' {problem}; {_remedy(what, path)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
@@ -75,11 +75,20 @@ def load_torch(path: Path, *, what: str = "checkpoint") -> dict:
 
 
 _REMEDY = {
-    "checkpoint": "delete it and rerun (with --resume the run restarts from the other checkpoint "
-                  "or from scratch)",
+    # fit resumes from checkpoints/last.pt only (best.pt holds no optimiser state)
+    "checkpoint": "delete it and rerun without --resume (--resume continues only from "
+                  "checkpoints/last.pt)",
+    "resume checkpoint": "delete it and rerun: --resume then starts from scratch, since it "
+                         "continues only from checkpoints/last.pt",
     "model file": "train the model again, or copy the file again from where it was written",
     "": "replace it with a good copy",
 }
+
+
+def _remedy(what: str, path: Path) -> str:
+    if what == "checkpoint" and path.name == "last.pt":
+        return _REMEDY["resume checkpoint"]
+    return _REMEDY.get(what, _REMEDY[""])
 #: The first bytes of every ZIP archive, the container torch.save writes.
 _ZIP_MAGIC = b"PK\x03\x04"
 

@@ -38,6 +38,7 @@ here is then a no-op.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -210,6 +211,9 @@ def session(device: str = "auto") -> Iterator[DistInfo]:
     try:
         yield info
     finally:
+        # DDP wrappers sit in reference cycles: free them while their group still exists, not
+        # at interpreter exit after it is gone (seen to abort a process: SIGABRT)
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -466,10 +470,10 @@ def launch(argv: Sequence[str], *, nproc: int, command: Sequence[str] | None = N
     try:
         pending = list(procs)
         while pending:
+            time.sleep(0.05)  # a sweep over all: blocking on one would see a later failure first
             for proc in list(pending):
-                try:
-                    rc = proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
+                rc = proc.poll()
+                if rc is None:
                     continue
                 pending.remove(proc)
                 if rc != 0 and code == 0:

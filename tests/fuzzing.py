@@ -9,14 +9,17 @@ writes it where the reader expects a file, and checks that contract (:func:`chec
 
 ``tests/test_fuzz.py`` runs every target for a bounded number of examples on each test run;
 ``benchmarks/fuzz_readers.py`` runs a longer campaign. This module needs ``hypothesis`` (a
-development extra) and is imported by nothing else in bitsound.
+development extra), so it lives with the tests and ships in no package.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import io
 import json
+import re
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,25 +36,32 @@ from bitsound.errors import BitsoundError, ConfigError
 
 
 class ContractViolation(AssertionError):
-    """A reader broke its contract: an error that does not name the file."""
+    """A reader broke its contract: an error that does not name the file (or the override)."""
 
 
 @cache
 def workdir() -> Path:
-    """A scratch folder for this process, with a real WAV file that manifests may name."""
+    """A scratch folder for this process, with a real WAV file that manifests may name; removed
+    when the process ends."""
     import soundfile as sf
 
     root = Path(tempfile.mkdtemp(prefix="bitsound-fuzz-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     sf.write(root / "a.wav", np.zeros(800, dtype=np.float32), 8000)
     return root
 
 
+#: Part of every fuzzed file's name, so that an error naming the file is not matched by chance.
+_TOKEN = secrets.token_hex(4)
+
+
 def check(fn: Callable[[], Any], path: Path) -> None:
-    """Call ``fn``: it may return or raise a BitsoundError that names ``path``; nothing else."""
+    """Call ``fn``: it may return or raise a BitsoundError that names ``path`` in full (the
+    folder too: a bare file name does not say which file); nothing else."""
     try:
         fn()
     except BitsoundError as err:
-        if str(path) not in str(err) and path.name not in str(err):
+        if str(path) not in str(err):
             raise ContractViolation(f"error does not name the file '{path}': {err}") from err
 
 
@@ -256,7 +266,8 @@ def table_text(separator: str, header: list[str] | None = None) -> st.SearchStra
 
 # ------------------------------------------------------------------ targets
 def _write(name: str, data: bytes | str) -> Path:
-    path = workdir() / name
+    stem, dot, suffix = name.partition(".")
+    path = workdir() / f"fuzzed-{stem}-{_TOKEN}{dot}{suffix}"
     path.write_bytes(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
     return path
 
@@ -316,10 +327,28 @@ def recipe(text: str | bytes) -> None:
 
 
 def recipe_overrides(overrides: list[str]) -> None:
+    """``--set`` values: a recipe, or one ConfigError that names an override."""
     from bitsound.recipes import load_recipe
 
-    with contextlib.suppress(ConfigError):  # the override is named in the message
+    try:
         load_recipe("quickstart", overrides=overrides)
+    except ConfigError as err:
+        if not names_an_override(str(err), overrides):
+            raise ContractViolation(f"error names none of the overrides {overrides}: {err}") from err
+
+
+def names_an_override(message: str, overrides: list[str]) -> bool:
+    """``message`` quotes an override whole (``--set 'KEY=VALUE'``) or names the section its key
+    path starts with as a key path (``audio.crop.source_seconds: Field required`` for
+    ``audio.crop.pad=1``: the error is in the section the override made)."""
+    for override in overrides:
+        if f"--set '{override}'" in message:
+            return True
+        key, equals, _ = override.partition("=")
+        first = key.split(".")[0].strip()
+        if equals and first and re.search(rf"(^|\s|'){re.escape(first)}[.:']", message):
+            return True
+    return False
 
 
 def manifest(text: str | bytes) -> None:
