@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from bitsound.errors import BitsoundError, ConfigError
+from bitsound.errors import BitsoundError, ConfigError, DistributedError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, overrides=args.set)
     _apply_cli_flags(recipe, args)
     if args.nproc > 1:  # checked here, before N processes start
-        distributed.local_batch_size(recipe.train.batch_size, distributed.DistInfo(world_size=args.nproc))
+        distributed.check_config(recipe.train, distributed.DistInfo(world_size=args.nproc))
         return distributed.launch(_without_nproc(args.argv), nproc=args.nproc)
     out_dir = Path(args.out or Path("runs") / recipe.name)
     with distributed.session(recipe.train.device):
@@ -74,7 +74,7 @@ def _apply_cli_flags(recipe, args) -> None:
     if args.data:  # one data set replaces the recipe's spec or sources
         recipe.data.sources = []
         recipe.data.spec = args.data
-    if args.tensorboard:
+    if getattr(args, "tensorboard", False):  # train and cv only
         recipe.train.tensorboard = True
 
 
@@ -117,7 +117,7 @@ def cmd_cv(args) -> int:
     recipe = load_recipe(args.recipe, overrides=args.set)
     _apply_cli_flags(recipe, args)
     if args.nproc > 1:
-        distributed.local_batch_size(recipe.train.batch_size, distributed.DistInfo(world_size=args.nproc))
+        distributed.check_config(recipe.train, distributed.DistInfo(world_size=args.nproc))
         return distributed.launch(_without_nproc(args.argv), nproc=args.nproc)
     out_dir = Path(args.out or Path("runs") / f"{recipe.name}-cv")
     with distributed.session(recipe.train.device):
@@ -439,7 +439,7 @@ def cmd_export(args) -> int:
     if args.format == "bsnn":
         from bitsound.export import export_packed
 
-        if args.with_frontend or args.opset is not None or args.precision != "float":
+        if args.with_frontend or args.opset is not None or args.precision is not None:
             err_console.print("[bold red]error:[/] --with-frontend, --opset and --precision apply to "
                               "--format onnx only; the .bsnn file holds the network and the Python "
                               "front end runs before it", highlight=False, soft_wrap=True)
@@ -573,20 +573,17 @@ def cmd_data_cache(args) -> int:
     from bitsound.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.set)
-    if args.data:
-        recipe.data.sources = []
-        recipe.data.spec = args.data
+    _apply_cli_flags(recipe, args)
     dataset = open_recipe_data(recipe)
     cache = _cache(args)
     report = fill_cache(dataset, cache_views(recipe, dataset), recipe=recipe, cache=cache,
                         workers=args.workers, show_progress=not (args.quiet or args.json))
     rate = report.clips_per_second
     if args.json:
-        print(json.dumps({"cache": str(cache.root), "n_clips": report.n_clips,
-                          "n_cached": report.n_cached, "n_computed": report.n_computed,
-                          "seconds": round(report.seconds, 3), "workers": report.workers,
-                          "clips_per_second": rate,
-                          "failures": [{"path": p, "problem": w} for p, w in report.failures]}))
+        from bitsound.report.results import DataCacheResult
+
+        print(json.dumps(DataCacheResult.from_report(report, recipe=recipe.name,
+                                                     cache=str(cache.root)).to_json()))
     else:
         table = Table(title=f"bitsound data cache: {recipe.name}", show_header=False)
         table.add_row("cache", str(cache.root))
@@ -626,7 +623,7 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
     _add_skip_bad(parser)
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard scalars to OUT/tensorboard (train.tensorboard: true)")
-    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+    parser.add_argument("--nproc", type=_nproc_arg, default=1, metavar="N",
                         help="train in N processes on this machine with torch.distributed (DDP; "
                         "gloo on CPU, NCCL on CUDA); train.batch_size is the global batch. Across "
                         "machines use torchrun -m bitsound (README)")
@@ -647,13 +644,42 @@ def _threads_arg(text: str) -> int:
     return n
 
 
+def _count_arg(option: str, low: int, high: int):
+    """An argparse type: a whole number in [low, high] for ``option``."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{option} must be a whole number in [{low}, {high}], "
+                                             f"got {text!r}")
+        return n
+    return parse
+
+
+#: Processes of ``--nproc`` (started on this machine) and ``--workers``: at most this many.
+MAX_PROCESSES = 1024
+_nproc_arg = _count_arg("--nproc", 1, MAX_PROCESSES)
+_workers_arg = _count_arg("--workers", 0, MAX_PROCESSES)
+
+
 def _add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
+    parser.add_argument("--workers", type=_workers_arg, default=0, metavar="N",
                         help="compute features not in the cache in N processes (default: this one)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options (``--npr 2`` would reach the processes --nproc starts, which could
+    not strip it): every option is spelt in full. Subcommands' parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitsound", description="Tiny, deployable sound "
+    parser = _Parser(prog="bitsound", description="Tiny, deployable sound "
                                      "classifiers: train, evaluate and export them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -782,8 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: include the front end (input: waveform windows instead of features)")
     p.add_argument("--opset", type=int, metavar="N", help="onnx: opset (default 18; >= 17 with the "
                    "front end)")
-    p.add_argument("--precision", default="float", choices=["float", "fp16", "int8"],
-                   help="onnx: weight precision (fp16 and int8 come with the compression work)")
+    p.add_argument("--precision", choices=["float", "fp16", "int8"],
+                   help="onnx: default the model's own (a compressed int8 model exports as int8 QDQ, an fp16 "
+                   "one with FLOAT16 weights); fp16 rounds a float model's weights; int8 of a float model "
+                   "is refused (needs calibration: bitsound compress --recipe int8-ptq)")
     p.set_defaults(func=cmd_export, quiet=False)
 
     from bitsound.deploy.cli import add_parser as add_deploy_parser
@@ -864,11 +892,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BitsoundError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # rank 0 prints the error that stopped the other ranks of a distributed run
+        if not (isinstance(err, DistributedError) and _other_rank()):
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted; rerun train with --resume to continue")
+        if not _other_rank():
+            err_console.print("interrupted; rerun train with --resume to continue")
         return 130
+
+
+def _other_rank() -> bool:
+    """This process is a rank other than 0 of a distributed run (torchrun or --nproc)."""
+    from bitsound.train.distributed import env_info
+
+    try:
+        info = env_info()
+    except ConfigError:
+        return False
+    return info.active and not info.is_main
 
 
 if __name__ == "__main__":

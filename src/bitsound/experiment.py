@@ -161,6 +161,30 @@ def held_out_scores(net, features: FeatureSet, *, labels: list[str], level: str,
     return scores, predictions
 
 
+def without_bad_clips(train_idx: np.ndarray, val_idx: np.ndarray, bad, *, val_name: str | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation clip indices less the ``bad`` ones (left out with --skip-bad).
+
+    Raises DataError when that empties the training part, or the validation part when it is
+    one (``val_name`` given: a part named so in the message).
+    """
+    if not bad:
+        return np.asarray(train_idx), np.asarray(val_idx, dtype=np.int64)
+    train_idx = np.array([i for i in train_idx if i not in bad], dtype=np.int64)
+    val_idx = np.array([i for i in val_idx if i not in bad], dtype=np.int64)
+    if not len(train_idx) or (val_name is not None and not len(val_idx)):
+        part = "training" if not len(train_idx) else f"validation ('{val_name}')"
+        raise DataError(f"every {part} clip is unreadable and was left out (--skip-bad); "
+                        "fix the files listed above")
+    return train_idx, val_idx
+
+
+def clip_labels(dataset: Dataset, idx) -> list[str]:
+    """The sorted labels of the clips ``idx`` (every label of a multi-label clip): the model's
+    classes when it trains on them."""
+    return sorted(set().union(*(dataset.clips[i].all_labels for i in idx)))
+
+
 def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out_dir: Path,
                    cache: FeatureCache | None, resume: bool = False, select_best: bool = True,
                    show_progress: bool = True, skip_bad: bool = False,
@@ -189,15 +213,9 @@ def train_on_split(recipe: Recipe, dataset: Dataset, split: Split | None, *, out
             lambda: _checked(dataset, used, recipe=recipe, cache=cache, skip_bad=skip_bad,
                              show_progress=show_progress, action="nothing was trained"),
             what="checking the clips")
-    bad = checked.bad
-    if bad:
-        train_idx = np.array([i for i in train_idx if i not in bad], dtype=np.int64)
-        val_idx = np.array([i for i in val_idx if i not in bad], dtype=np.int64)
-        if not len(train_idx) or (split is not None and not len(val_idx)):
-            part = "training" if not len(train_idx) else f"validation ('{split.name}')"
-            raise DataError(f"every {part} clip is unreadable and was left out (--skip-bad); "
-                            "fix the files listed above")
-    labels = sorted(set().union(*(dataset.clips[i].all_labels for i in train_idx)))
+    train_idx, val_idx = without_bad_clips(train_idx, val_idx, checked.bad,
+                                           val_name=split.name if split is not None else None)
+    labels = clip_labels(dataset, train_idx)
     label_index = {label: i for i, label in enumerate(labels)}
     # With audio.crop the training clips are stored whole and cropped batch by batch.
     crops = recipe.audio.crop is not None
