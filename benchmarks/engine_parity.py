@@ -3,8 +3,11 @@
 Usage::
 
     python benchmarks/engine_parity.py --model runs/digits-xnor/model.pt [--isa auto] PATH...
+    python benchmarks/engine_parity.py --model runs/esc10-acdnet/model.pt --held-out
 
-Each PATH is an audio file or a folder (searched recursively for wav/flac/ogg/mp3). The model is
+Each PATH is an audio file or a folder (searched recursively for wav/flac/ogg/mp3); with
+``--held-out`` the clips are those the run scored on its held-out split (the ``predictions`` of
+the ``metrics.json`` beside the model), so no clip the model trained on is counted. The model is
 exported to a temporary ``.bsnn``; every clip goes through the recipe's front end and then both
 the PyTorch network and the engine on the same features. Prints the numbers of clips and
 windows, how many got the same label (per window, and per clip from the mean of its windows'
@@ -34,6 +37,29 @@ def audio_files(paths: list[str]) -> list[str]:
     return out
 
 
+def held_out_clips(metrics: Path, recipe) -> tuple:
+    """The clips (records of the recipe's data set) a run scored on its held-out split, in
+    order, each once; virtual clips (synthetic data) included."""
+    import json
+
+    from bitsound.experiment import open_recipe_data
+
+    if not metrics.is_file():
+        raise SystemExit(f"{metrics}: not found; --held-out needs the metrics.json that bitsound train "
+                         f"writes beside model.pt")
+    predictions = json.loads(metrics.read_text()).get("predictions") or []
+    if not predictions:
+        raise SystemExit(f"{metrics}: no held-out predictions stored (a run trained on every clip?)")
+    dataset = open_recipe_data(recipe)
+    by_path = {clip.path: clip for clip in dataset.clips}
+    wanted = list(dict.fromkeys(row["clip"] for row in predictions))
+    missing = [p for p in wanted if p not in by_path]
+    if missing:
+        raise SystemExit(f"{len(missing)} held-out clips of {metrics} are not in the recipe's data any more, "
+                         f"e.g. {missing[0]}")
+    return dataset, [by_path[p] for p in wanted]
+
+
 def main() -> int:
     import torch
 
@@ -46,17 +72,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="DIR/model.pt written by bitsound train")
     ap.add_argument("--isa", default="auto")
-    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--held-out", action="store_true",
+                    help="the held-out clips of the run's metrics.json (beside --model)")
+    ap.add_argument("paths", nargs="*")
     args = ap.parse_args()
-    files = audio_files(args.paths)
+    if bool(args.held_out) == bool(args.paths):
+        ap.error("give audio files or folders, or --held-out (not both)")
     model = load_model(args.model)
     audio = model.recipe.audio
+    if args.held_out:
+        dataset, clips = held_out_clips(Path(args.model).with_name("metrics.json"), model.recipe)
+        files = [clip.path for clip in clips]
+
+        def decode(i):
+            return dataset.load(clips[i], sample_rate=audio.sample_rate, channels=audio.channels)
+    else:
+        files = audio_files(args.paths)
+
+        def decode(i):
+            return load_audio(files[i], sample_rate=audio.sample_rate, channels=audio.channels)
     n_windows = same_windows = same_clips = 0
     diff = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         eng = load_classifier(export_packed(model, Path(tmp) / "model.bsnn"), isa=args.isa)
-        for path in files:
-            wave = load_audio(path, sample_rate=audio.sample_rate, channels=audio.channels)
+        for i, path in enumerate(files):
+            wave = decode(i)
             windows = torch.from_numpy(np.ascontiguousarray(window_audio(wave, audio.sample_rate, audio)))
             features = eng.features(windows)  # one front-end pass feeds both networks
             with torch.no_grad():
