@@ -85,6 +85,13 @@ def test_list(what, capsys):
     assert {"models": "cnn2d", "datasets": "fsdd", "recipes": "digits-cnn"}[what] in text
 
 
+def test_list_ops_keeps_the_shapes_in_brackets(capsys):
+    """rich would read ``[cout]`` as a style tag and drop it: descriptions are printed escaped."""
+    assert main(["list", "ops"]) == 0
+    text = capsys.readouterr().out
+    assert "scale[c]" in text and "[cout]" in text
+
+
 def test_evaluate_subset_of_labels_is_fine_and_unknown_labels_are_an_error(trained, tmp_path,
                                                                             capsys):
     out, _ = trained

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from bitsound.errors import BitsoundError, ConfigError, DistributedError
@@ -547,8 +548,8 @@ def cmd_list(args) -> int:
     table = Table(title=f"bitsound {args.what}")
     table.add_column("name")
     table.add_column("description")
-    for name, description in rows:
-        table.add_row(name, description)
+    for name, description in rows:  # descriptions hold shapes such as [cout][kh]: not markup
+        table.add_row(escape(name), escape(description))
     out_console.print(table)
     return 0
 
