@@ -210,3 +210,87 @@ def test_otsu_is_pythons(fe_lib):
         x = np.ascontiguousarray(v, np.float32)
         got = fe_lib.bsfe_otsu(x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), len(x))
         assert got == otsu_threshold(torch.from_numpy(x)[None]).item()
+
+
+# ---- the microcontroller's build (one frame at a time) against the engine's (frames in lanes) ----
+
+
+_i, _f = ctypes.c_int32, ctypes.c_float
+_pf, _pu = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint16)
+
+
+class _Spec(ctypes.Structure):
+    """bsfe_spec (engine/frontend.h), field for field."""
+
+    _fields_ = [
+        *[(n, _i) for n in ("kind", "n_channels", "n_samples", "n_fft", "hop", "center", "n_frames")],
+        *[(n, _i) for n in ("win_start", "win_len", "power_mode")],
+        ("power_half", _f), ("log_offset", _f), ("n_mels", _i),
+        ("window", _pf), ("twiddle", _pf), ("bitrev", _pu), ("mel_first", _pu), ("mel_count", _pu),
+        ("mel_weights", _pf), ("denoise", _i), ("threshold", _i), ("threshold_value", _f),
+        ("out_h", _i), ("out_w", _i), ("rs_rows", _i), ("rs_y_first", _pu), ("rs_y_count", _pu),
+        ("rs_y_weights", _pf), ("rs_x_first", _pu), ("rs_x_count", _pu), ("rs_x_weights", _pf),
+        ("out_in_work", _i),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_frame_lib(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    src = Path(__file__).resolve().parents[1] / "src" / "bitsound" / "engine" / "frontend.c"
+    out = tmp_path_factory.mktemp("fe1") / "libfe1.so"
+    flags = ["-std=c99", "-O2", "-ffp-contract=off", "-DBSFE_LANES=1", "-shared", "-fPIC"]
+    subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.bsfe_work_bytes.restype = ctypes.c_size_t
+    lib.bsfe_work_bytes.argtypes = [ctypes.POINTER(_Spec)]
+    lib.bsfe_run.argtypes = [ctypes.POINTER(_Spec), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def _run_one_frame(lib, spec, windows):
+    from bitsound.engine.frontend import TABLE_FIELDS
+
+    s = _Spec(**spec.ints, **spec.floats)
+    tables = {k: np.ascontiguousarray(spec.tables[k], dtype=dt) for k, dt in TABLE_FIELDS}
+    types = dict(_Spec._fields_)
+    for k, t in tables.items():
+        setattr(s, k, t.ctypes.data_as(types[k]))
+    work = np.zeros(lib.bsfe_work_bytes(ctypes.byref(s)) // 4 + 2, np.float64)  # 8-byte aligned
+    out = np.empty((len(windows), *spec.feature_shape), np.float32)
+    for i, w in enumerate(np.ascontiguousarray(windows, np.float32)):
+        lib.bsfe_run(ctypes.byref(s), w.ctypes.data, out[i].ctypes.data, work.ctypes.data)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("thesis-xnor", []),
+        ("thesis-xnor", ["frontend.threshold=otsu", "frontend.center=false"]),
+        ("digits-xnor", []),
+        ("digits-xnor", ["frontend.power=1.0"]),
+        ("digits-xnor", ["frontend.power=1.5", "frontend.n_fft=16", "frontend.win_length=12"]),
+    ],
+)
+def test_one_frame_build_gives_the_engines_bits(one_frame_lib, name, overrides):
+    """The engine computes four frames at once in vector lanes on x86-64; the microcontroller one
+    at a time, with the same operations: the same bits, including non-finite input."""
+    recipe = load_recipe(name, overrides=overrides)
+    spec = frontend_spec(recipe)
+    rng = np.random.default_rng(3)
+    n = spec.n_samples
+    windows = [rng.normal(size=n) * 0.1, np.zeros(n), rng.normal(size=n) * 1e-20, rng.normal(size=n) * 1e4]
+    bad = rng.normal(size=n)
+    bad[rng.integers(0, n, 3)] = [np.nan, np.inf, -np.inf]
+    windows.append(bad)
+    files = (XC[:1] if "thesis" in name else FSDD[:3]) if (XC and FSDD) else []
+    if files:
+        from bitsound.deploy.workflow import file_windows
+
+        windows += list(file_windows(recipe, [str(f) for f in files])[0][:6, 0])
+    x = np.stack(windows).astype(np.float32)[:, None]
+    got, ref = _run_one_frame(one_frame_lib, spec, x), run(spec, x)
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))

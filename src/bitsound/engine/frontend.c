@@ -3,6 +3,9 @@
 #include <string.h>
 
 #include "frontend.h"
+#if BSFE_LANES > 1
+#include <xmmintrin.h> /* SSE, which every x86-64 has: loading the frames into lanes */
+#endif
 
 /* A generated project may leave out what its recipe does not use (a smaller image); the engine
  * compiles everything. */
@@ -21,6 +24,28 @@
 
 static size_t a8(size_t n) { return (n + 7) / 8 * 8; }
 
+/* ---- frames in lanes ----
+ * With BSFE_LANES > 1 (frontend.h) the STFT runs that many consecutive frames at once, frame
+ * t + l in lane l of a GCC vector: every lane performs exactly the scalar code's operations in
+ * the same order, so each frame gets the same bits as with BSFE_LANES 1. A point of the FFT
+ * buffer is then a vector of BSFE_LANES floats; with one lane it is a float. */
+#if BSFE_LANES > 1
+typedef float fe_v __attribute__((vector_size(4 * BSFE_LANES)));
+typedef uint32_t fe_vu __attribute__((vector_size(4 * BSFE_LANES)));
+typedef int32_t fe_vi __attribute__((vector_size(4 * BSFE_LANES)));
+#else
+typedef float fe_v;
+#endif
+
+/* the FFT buffer in work: n_fft / 2 + 1 points, aligned for the vector loads */
+static fe_v *lanes_buffer(void *p) {
+#if BSFE_LANES > 1
+    return (fe_v *)(((uintptr_t)p + sizeof(fe_v) - 1) / sizeof(fe_v) * sizeof(fe_v));
+#else
+    return (fe_v *)p;
+#endif
+}
+
 size_t bsfe_out_floats(const bsfe_spec *s) {
     if (s->kind == BSFE_LOGMEL) return (size_t)s->n_channels * s->n_mels * s->n_frames;
     if (s->kind == BSFE_BINARY_IMAGE) return (size_t)s->n_channels * s->out_h * s->out_w;
@@ -34,7 +59,8 @@ static size_t rows_bytes(const bsfe_spec *s) { return a8((size_t)s->rs_rows * s-
 
 size_t bsfe_work_bytes(const bsfe_spec *s) {
     if (s->kind == BSFE_RAW) return 0;
-    size_t fft = a8((size_t)(s->n_fft + 2 > s->n_frames ? s->n_fft + 2 : s->n_frames) * 4);
+    const size_t lanes = (size_t)(s->n_fft + 2) * BSFE_LANES + (BSFE_LANES > 1 ? BSFE_LANES : 0);
+    size_t fft = a8((lanes > (size_t)s->n_frames ? lanes : (size_t)s->n_frames) * 4);
     if (s->kind == BSFE_LOGMEL) return fft;
     return image_bytes(s) + rows_bytes(s) + fft;
 }
@@ -45,10 +71,24 @@ size_t bsfe_work_bytes(const bsfe_spec *s) {
  * with s = f / (2 + f), log(1 + f) = f - f^2 / 2 + s (f^2 / 2 + R(s^2)), R the odd series of
  * atanh minus its first term, fitted (minimax) to degree 8 in s. ln 2 is split in a high part
  * exact in k * ln2_hi for |k| < 2^8 and a low part. Error below 1 ulp on [2^-126, 2^128). */
+#define LOG_CORE(name, F)                                                                          \
+    static F name(F m, F kf) { /* log(m 2^k), m in [sqrt(2)/2, sqrt(2)), kf = k */             \
+        const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;                      \
+        const float c1 = 6.6666662693e-01f, c2 = 4.0000972152e-01f, c3 = 2.8498786688e-01f,      \
+                    c4 = 2.4279078841e-01f;                                                      \
+        const F f = m - 1.0f;                                                                    \
+        const F s = f / (2.0f + f);                                                              \
+        const F z = s * s, w = z * z;                                                            \
+        const F r = z * (c1 + w * c3) + w * (c2 + w * c4);                                       \
+        const F hfsq = 0.5f * f * f;                                                             \
+        return kf * ln2_hi - ((hfsq - (s * (hfsq + r) + kf * ln2_lo)) - f);                      \
+    }
+LOG_CORE(log_core, float)
+#if BSFE_LANES > 1
+LOG_CORE(log_lanes_core, fe_v) /* the same steps in every lane */
+#endif
+
 float bsfe_logf(float x) {
-    const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
-    const float c1 = 6.6666662693e-01f, c2 = 4.0000972152e-01f, c3 = 2.8498786688e-01f,
-                c4 = 2.4279078841e-01f;
     uint32_t u;
     memcpy(&u, &x, 4);
     int32_t k = 0;
@@ -69,13 +109,7 @@ float bsfe_logf(float x) {
     u = (u & 0x007FFFFFu) + 0x3F3504F3u;
     float m;
     memcpy(&m, &u, 4);
-    float f = m - 1.0f;
-    float s = f / (2.0f + f);
-    float z = s * s, w = z * z;
-    float r = z * (c1 + w * c3) + w * (c2 + w * c4);
-    float hfsq = 0.5f * f * f;
-    float kf = (float)k;
-    return kf * ln2_hi - ((hfsq - (s * (hfsq + r) + kf * ln2_lo)) - f);
+    return log_core(m, (float)k);
 }
 
 /* ---- FFT ---- */
@@ -91,15 +125,15 @@ float bsfe_logf(float x) {
  * an input given in bit-reversed order; tw holds e^{-2 pi i k / 2m} (cos, sin) for k < m.
  * Decimation in time; the radix-2 stages go in pairs (radix 2^2): the butterflies of stages of spans h
  * and 2h over four quarter-blocks in one pass, which halves the loads, stores and twiddle reads. */
-static void fft_complex(float *z, int32_t m, const float *tw, int32_t h) {
+static void fft_complex(fe_v *z, int32_t m, const float *tw, int32_t h) {
     for (; 4 * h <= m; h *= 4) {
         /* twiddle strides (complex entries of tw) of spans 2h and 4h: e^{-2 pi i j / 2h}, e^{-2 pi i j / 4h} */
         const int32_t ka = m / h, kb = m / (2 * h);
         for (int32_t base = 0; base < m; base += 4 * h) {
-            float *q0 = z + 2 * base, *q1 = q0 + 2 * h, *q2 = q1 + 2 * h, *q3 = q2 + 2 * h;
+            fe_v *q0 = z + 2 * base, *q1 = q0 + 2 * h, *q2 = q1 + 2 * h, *q3 = q2 + 2 * h;
             { /* j = 0: twiddles 1 */
-                const float y0r = q0[0] + q1[0], y0i = q0[1] + q1[1], y1r = q0[0] - q1[0], y1i = q0[1] - q1[1];
-                const float y2r = q2[0] + q3[0], y2i = q2[1] + q3[1], y3r = q2[0] - q3[0], y3i = q2[1] - q3[1];
+                const fe_v y0r = q0[0] + q1[0], y0i = q0[1] + q1[1], y1r = q0[0] - q1[0], y1i = q0[1] - q1[1];
+                const fe_v y2r = q2[0] + q3[0], y2i = q2[1] + q3[1], y3r = q2[0] - q3[0], y3i = q2[1] - q3[1];
                 q0[0] = y0r + y2r;
                 q0[1] = y0i + y2i;
                 q2[0] = y0r - y2r;
@@ -112,12 +146,12 @@ static void fft_complex(float *z, int32_t m, const float *tw, int32_t h) {
             for (int32_t j = 1; j < h; j++) {
                 const float ca = tw[2 * j * ka], sa = tw[2 * j * ka + 1];
                 const float cb = tw[2 * j * kb], sb = tw[2 * j * kb + 1];
-                float t1r, t1i, t3r, t3i, ur, ui, wr, wi;
+                fe_v t1r, t1i, t3r, t3i, ur, ui, wr, wi;
                 CMUL(q1[2 * j], q1[2 * j + 1], ca, sa, t1r, t1i);
                 CMUL(q3[2 * j], q3[2 * j + 1], ca, sa, t3r, t3i);
-                const float x0r = q0[2 * j], x0i = q0[2 * j + 1], x2r = q2[2 * j], x2i = q2[2 * j + 1];
-                const float y0r = x0r + t1r, y0i = x0i + t1i, y1r = x0r - t1r, y1i = x0i - t1i;
-                const float y2r = x2r + t3r, y2i = x2i + t3i, y3r = x2r - t3r, y3i = x2i - t3i;
+                const fe_v x0r = q0[2 * j], x0i = q0[2 * j + 1], x2r = q2[2 * j], x2i = q2[2 * j + 1];
+                const fe_v y0r = x0r + t1r, y0i = x0i + t1i, y1r = x0r - t1r, y1i = x0i - t1i;
+                const fe_v y2r = x2r + t3r, y2i = x2i + t3i, y3r = x2r - t3r, y3i = x2i - t3i;
                 CMUL(y2r, y2i, cb, sb, ur, ui);
                 CMUL(y3r, y3i, cb, sb, wr, wi); /* then times -i: (wi, -wr) */
                 q0[2 * j] = y0r + ur;
@@ -133,11 +167,11 @@ static void fft_complex(float *z, int32_t m, const float *tw, int32_t h) {
     }
     if (h < m) { /* one radix-2 stage of span h (2h = m) remains */
         const int32_t ka = m / h;
-        float *a = z, *b = z + 2 * h;
+        fe_v *a = z, *b = z + 2 * h;
         for (int32_t j = 0; j < h; j++) {
-            float tr, ti;
+            fe_v tr, ti;
             CMUL(b[2 * j], b[2 * j + 1], tw[2 * j * ka], tw[2 * j * ka + 1], tr, ti);
-            const float ar = a[2 * j], ai = a[2 * j + 1];
+            const fe_v ar = a[2 * j], ai = a[2 * j + 1];
             a[2 * j] = ar + tr;
             a[2 * j + 1] = ai + ti;
             b[2 * j] = ar - tr;
@@ -146,46 +180,77 @@ static void fft_complex(float *z, int32_t m, const float *tw, int32_t h) {
     }
 }
 
-/* power of an FFT bin from its real and imaginary parts */
-static float bin_power(int32_t mode, float power_half, float re, float im) {
-    const float p = re * re + im * im;
-    if (mode == BSFE_POWER_SQUARE) return p;
-    if (mode == BSFE_POWER_MAG) return sqrtf(p);
+/* power of FFT bins from their real and imaginary parts, into *dst */
+static void bin_power(int32_t mode, float power_half, fe_v re, fe_v im, fe_v *dst) {
+    const fe_v p = re * re + im * im;
+    if (mode == BSFE_POWER_SQUARE) {
+        *dst = p;
+        return;
+    }
+    float v[BSFE_LANES];
+    memcpy(v, &p, sizeof v);
+    for (int l = 0; l < BSFE_LANES; l++) {
+        if (mode == BSFE_POWER_MAG) v[l] = sqrtf(v[l]);
 #if BSFE_WITH_POWF
-    return powf(p, power_half);
+        else v[l] = powf(v[l], power_half);
 #else
+        else v[l] = NAN;
+#endif
+    }
     (void)power_half;
-    return NAN;
+    memcpy(dst, v, sizeof v);
+}
+
+/* the windowed point (p[0] w[0], p[1] w[1]) of the frames in the lanes, the first frame's at p,
+ * the next ones hop apart */
+static void windowed_point(const float *p, const float *w, int32_t hop, fe_v *re, fe_v *im) {
+#if BSFE_LANES == 1
+    (void)hop;
+    *re = p[0] * w[0];
+    *im = p[1] * w[1];
+#elif BSFE_LANES == 4
+    /* the two floats of each frame times the window's two, then re and im apart */
+    const __m128 w2 = _mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)w), ww = _mm_movelh_ps(w2, w2);
+    __m128 a = _mm_loadh_pi(_mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)p), (const __m64 *)(p + hop));
+    __m128 b = _mm_loadh_pi(_mm_loadl_pi(_mm_setzero_ps(), (const __m64 *)(p + 2 * hop)), (const __m64 *)(p + 3 * hop));
+    a = _mm_mul_ps(a, ww);
+    b = _mm_mul_ps(b, ww);
+    *re = (fe_v)_mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    *im = (fe_v)_mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+#else
+#error "BSFE_LANES must be 1 or 4"
 #endif
 }
 
-/* Frame t of channel x (n_samples floats) -> power of bins 0 .. n_fft / 2 at buf[2k + 1] (buf holds
- * n_fft + 2 floats). A real FFT of n points as a complex FFT of n / 2 points of (x[2j], x[2j + 1])
- * and a split into the two halves' spectra. */
-void bsfe_power_spectrum(const bsfe_spec *s, const float *x, int32_t t, float *buf) {
-    const int32_t n = s->n_fft, m = n / 2, mode = s->power_mode;
+/* Frames t .. t + BSFE_LANES - 1 of channel x (n_samples floats; frames from n_frames on are
+ * zeros) -> power of bins 0 .. n_fft / 2 at z[2k + 1] (z holds n_fft / 2 + 1 points). A real FFT
+ * of n points as a complex FFT of n / 2 points of (x[2j], x[2j + 1]) and a split into the two
+ * halves' spectra. */
+static void power_spectrum(const bsfe_spec *s, const float *x, int32_t t, fe_v *z) {
+    const int32_t n = s->n_fft, m = n / 2, mode = s->power_mode, L = BSFE_LANES;
     const float ph = s->power_half;
     /* frame position i holds x[origin + i] * window[i - win_start] where both exist, else 0; the
      * complex points (positions 2c, 2c + 1) go to their bit-reversed places (the FFT's input order) */
-    const int32_t origin = t * s->hop - (s->center ? n / 2 : 0);
-    int32_t lo = s->win_start, hi = s->win_start + s->win_len;
-    if (lo < -origin) lo = -origin;
-    if (hi > s->n_samples - origin) hi = s->n_samples - origin;
-    const float *xo = x + origin, *w = s->window - s->win_start;
+    const int32_t origin = t * s->hop - (s->center ? n / 2 : 0), last = origin + (L - 1) * s->hop;
+    const float *w = s->window - s->win_start;
     const uint16_t *rev = s->bitrev;
-    if (lo == 0 && hi == n && m >= 4) {
-        /* a whole frame: the first pass of the FFT (spans 1 and 2, twiddles 1) straight from the
+    if (s->win_start == 0 && s->win_len == n && origin >= 0 && last <= s->n_samples - n &&
+        t + L <= s->n_frames && m >= 4) {
+        /* whole frames: the first pass of the FFT (spans 1 and 2, twiddles 1) straight from the
          * samples. Places 4g .. 4g + 3 of the bit-reversed order hold the points r, r + m/2, r + m/4,
          * r + 3m/4 with r = rev(4g); the same operations as fft_complex's j = 0 case. */
+        const float *xo = x + origin;
+        const int32_t hop = s->hop;
         for (int32_t g = 0; g < m / 4; g++) {
             const int32_t r = rev[4 * g], p1 = r + m / 2, p2 = r + m / 4, p3 = r + 3 * (m / 4);
-            const float x0r = xo[2 * r] * w[2 * r], x0i = xo[2 * r + 1] * w[2 * r + 1];
-            const float x1r = xo[2 * p1] * w[2 * p1], x1i = xo[2 * p1 + 1] * w[2 * p1 + 1];
-            const float x2r = xo[2 * p2] * w[2 * p2], x2i = xo[2 * p2 + 1] * w[2 * p2 + 1];
-            const float x3r = xo[2 * p3] * w[2 * p3], x3i = xo[2 * p3 + 1] * w[2 * p3 + 1];
-            const float y0r = x0r + x1r, y0i = x0i + x1i, y1r = x0r - x1r, y1i = x0i - x1i;
-            const float y2r = x2r + x3r, y2i = x2i + x3i, y3r = x2r - x3r, y3i = x2i - x3i;
-            float *q = buf + 8 * g;
+            fe_v x0r, x0i, x1r, x1i, x2r, x2i, x3r, x3i;
+            windowed_point(xo + 2 * r, w + 2 * r, hop, &x0r, &x0i);
+            windowed_point(xo + 2 * p1, w + 2 * p1, hop, &x1r, &x1i);
+            windowed_point(xo + 2 * p2, w + 2 * p2, hop, &x2r, &x2i);
+            windowed_point(xo + 2 * p3, w + 2 * p3, hop, &x3r, &x3i);
+            const fe_v y0r = x0r + x1r, y0i = x0i + x1i, y1r = x0r - x1r, y1i = x0i - x1i;
+            const fe_v y2r = x2r + x3r, y2i = x2i + x3i, y3r = x2r - x3r, y3i = x2i - x3i;
+            fe_v *q = z + 8 * g;
             q[0] = y0r + y2r;
             q[1] = y0i + y2i;
             q[4] = y0r - y2r;
@@ -195,50 +260,88 @@ void bsfe_power_spectrum(const bsfe_spec *s, const float *x, int32_t t, float *b
             q[6] = y1r - y3i;
             q[7] = y1i + y3r;
         }
-        fft_complex(buf, m, s->twiddle, 4);
+        fft_complex(z, m, s->twiddle, 4);
     } else {
-        for (int32_t c = 0; c < m; c++) {
-            float *d = buf + 2 * rev[c];
-            d[0] = 2 * c >= lo && 2 * c < hi ? xo[2 * c] * w[2 * c] : 0.0f;
-            d[1] = 2 * c + 1 >= lo && 2 * c + 1 < hi ? xo[2 * c + 1] * w[2 * c + 1] : 0.0f;
+        /* frames with padding (or past the last frame), one lane at a time */
+        float *zf = (float *)z; /* lane l of point c's real part at zf[2cL + l] */
+        for (int32_t l = 0; l < L; l++) {
+            const int32_t o = origin + l * s->hop;
+            int32_t lo = s->win_start, hi = s->win_start + s->win_len;
+            if (lo < -o) lo = -o;
+            if (hi > s->n_samples - o) hi = s->n_samples - o;
+            if (t + l >= s->n_frames) lo = hi = 0;
+            const float *xo = x + o;
+            for (int32_t c = 0; c < m; c++) {
+                float *d = zf + 2 * rev[c] * L + l;
+                d[0] = 2 * c >= lo && 2 * c < hi ? xo[2 * c] * w[2 * c] : 0.0f;
+                d[L] = 2 * c + 1 >= lo && 2 * c + 1 < hi ? xo[2 * c + 1] * w[2 * c + 1] : 0.0f;
+            }
         }
-        fft_complex(buf, m, s->twiddle, 1);
+        fft_complex(z, m, s->twiddle, 1);
     }
     const float *tw = s->twiddle;
+    const fe_v zero = {0};
     /* k = 0 and k = m from Z[0] */
-    const float z0r = buf[0], z0i = buf[1];
-    buf[1] = bin_power(mode, ph, z0r + z0i, 0.0f);
-    buf[2 * m + 1] = bin_power(mode, ph, z0r - z0i, 0.0f);
+    const fe_v z0r = z[0], z0i = z[1];
+    bin_power(mode, ph, z0r + z0i, zero, &z[1]);
+    bin_power(mode, ph, z0r - z0i, zero, &z[2 * m + 1]);
     /* E = (Z[k] + conj Z[q]) / 2, O = (Z[k] - conj Z[q]) / 2i, X[k] = E + W^k O, X[q] = conj(E - W^k O),
      * q = m - k; computed as 2E, 2O and 2X (exact doublings), |X|^2 = |2X|^2 / 4 (exact) */
     for (int32_t k = 1; k <= m / 2; k++) {
         const int32_t q = m - k;
-        const float ar = buf[2 * k], ai = buf[2 * k + 1], br = buf[2 * q], bi = buf[2 * q + 1];
-        const float er = ar + br, ei = ai - bi, or_ = ai + bi, oi = br - ar;
-        float wr, wi;
+        const fe_v ar = z[2 * k], ai = z[2 * k + 1], br = z[2 * q], bi = z[2 * q + 1];
+        const fe_v er = ar + br, ei = ai - bi, or_ = ai + bi, oi = br - ar;
+        fe_v wr, wi;
         CMUL(or_, oi, tw[2 * k], tw[2 * k + 1], wr, wi);
-        const float xr = er + wr, xi = ei + wi, yr = er - wr, yi = wi - ei;
+        const fe_v xr = er + wr, xi = ei + wi, yr = er - wr, yi = wi - ei;
         if (mode == BSFE_POWER_SQUARE) {
-            const float pq = (yr * yr + yi * yi) * 0.25f;
-            buf[2 * k + 1] = (xr * xr + xi * xi) * 0.25f;
-            if (q != k) buf[2 * q + 1] = pq;
+            const fe_v pq = (yr * yr + yi * yi) * 0.25f;
+            z[2 * k + 1] = (xr * xr + xi * xi) * 0.25f;
+            if (q != k) z[2 * q + 1] = pq;
         } else {
-            const float pq = bin_power(mode, ph, 0.5f * yr, 0.5f * yi);
-            buf[2 * k + 1] = bin_power(mode, ph, 0.5f * xr, 0.5f * xi);
-            if (q != k) buf[2 * q + 1] = pq;
+            fe_v pq;
+            bin_power(mode, ph, 0.5f * yr, 0.5f * yi, &pq);
+            bin_power(mode, ph, 0.5f * xr, 0.5f * xi, &z[2 * k + 1]);
+            if (q != k) z[2 * q + 1] = pq;
         }
     }
 }
 
+void bsfe_power_spectrum(const bsfe_spec *s, const float *x, int32_t t, float *buf) {
+    power_spectrum(s, x, t, lanes_buffer(buf));
+}
+
+/* bsfe_logf of each lane */
+static fe_v log_lanes(fe_v x) {
+#if BSFE_LANES == 1
+    return bsfe_logf(x);
+#else
+    fe_vu u = (fe_vu)x;
+    const fe_vi normal = (u - 0x00800000u) < 0x7F000000u; /* positive, normal and finite */
+    int32_t all = -1;
+    for (int l = 0; l < BSFE_LANES; l++) all &= normal[l];
+    if (!all) {
+        for (int l = 0; l < BSFE_LANES; l++) x[l] = bsfe_logf(x[l]);
+        return x;
+    }
+    u += 0x3F800000u - 0x3F3504F3u;
+    const fe_vi k = (fe_vi)(u >> 23) - 127;
+    u = (u & 0x007FFFFFu) + 0x3F3504F3u;
+    return log_lanes_core((fe_v)u, __builtin_convertvector(k, fe_v));
+#endif
+}
+
 /* log-mel of one channel into img [n_mels][n_frames] (row stride n_frames) */
-static void logmel(const bsfe_spec *s, const float *x, float *img, float *buf) {
-    for (int32_t t = 0; t < s->n_frames; t++) {
-        bsfe_power_spectrum(s, x, t, buf);
+static void logmel(const bsfe_spec *s, const float *x, float *img, void *work) {
+    fe_v *z = lanes_buffer(work);
+    for (int32_t t = 0; t < s->n_frames; t += BSFE_LANES) {
+        power_spectrum(s, x, t, z);
         const float *w = s->mel_weights;
+        const int32_t nt = BSFE_LANES == 1 || s->n_frames - t >= BSFE_LANES ? BSFE_LANES : s->n_frames - t;
         for (int32_t b = 0; b < s->n_mels; b++) {
             const int32_t k0 = s->mel_first[b], nk = s->mel_count[b];
-            float acc = 0.0f;
-            const float *pw = buf + 2 * k0 + 1; /* bin k at buf[2k + 1], stride 2 */
+            fe_v acc = {0};
+            const fe_v *pw = z + 2 * k0 + 1; /* bin k at z[2k + 1], stride 2 */
             int32_t j = 0;
             for (; j + 4 <= nk; j += 4) { /* unrolled, still one sum in order */
                 acc += w[j] * pw[2 * j];
@@ -248,7 +351,8 @@ static void logmel(const bsfe_spec *s, const float *x, float *img, float *buf) {
             }
             for (; j < nk; j++) acc += w[j] * pw[2 * j];
             w += nk;
-            img[(size_t)b * s->n_frames + t] = bsfe_logf(acc + s->log_offset);
+            const fe_v v = log_lanes(acc + s->log_offset);
+            memcpy(img + (size_t)b * s->n_frames + t, &v, (size_t)nt * sizeof(float));
         }
     }
 }
@@ -365,18 +469,27 @@ static void binarize_resize(const bsfe_spec *s, float *img, float *rows, float *
     if (s->threshold == BSFE_THR_OTSU) thr = bsfe_otsu(img, npx);
 #endif
     for (size_t i = 0; i < npx; i++) img[i] = img[i] > thr ? 1.0f : 0.0f;
-    /* height pass over width-passed rows, computed when an output row needs them (the rows of one
-     * output row are consecutive; out may overwrite image rows no later output row reads) */
+    /* height pass over width-passed rows, computed when an output row first needs them (the rows
+     * of one output row are consecutive; out may overwrite image rows no later output row reads).
+     * Input row y stays in slot y % rs_rows of rows while the next output rows read it: rows
+     * [have_lo, have_hi) are there. */
     const float *wy = s->rs_y_weights;
+    const int32_t nr = s->rs_rows;
+    int32_t have_lo = 0, have_hi = 0;
     for (int32_t oy = 0; oy < s->out_h; oy++) {
         const int32_t y0 = s->rs_y_first[oy], ny = s->rs_y_count[oy];
-        for (int32_t j = 0; j < ny; j++) resize_row(s, img, y0 + j, rows + (size_t)j * s->out_w);
+        if (y0 < have_lo || y0 > have_hi) have_lo = have_hi = y0;
+        for (; have_hi < y0 + ny; have_hi++) resize_row(s, img, have_hi, rows + (size_t)(have_hi % nr) * s->out_w);
+        if (have_lo < have_hi - nr) have_lo = have_hi - nr;
+        /* dst accumulates each output's sum over the rows in order */
         float *dst = out + (size_t)oy * s->out_w;
-        for (int32_t ox = 0; ox < s->out_w; ox++) {
-            float acc = rows[ox] * wy[0];
-            for (int32_t j = 1; j < ny; j++) acc = fmaf(rows[(size_t)j * s->out_w + ox], wy[j], acc);
-            dst[ox] = acc >= 0.5f ? 1.0f : 0.0f;
+        const float *r = rows + (size_t)(y0 % nr) * s->out_w;
+        for (int32_t ox = 0; ox < s->out_w; ox++) dst[ox] = r[ox] * wy[0];
+        for (int32_t j = 1; j < ny; j++) {
+            r = rows + (size_t)((y0 + j) % nr) * s->out_w;
+            for (int32_t ox = 0; ox < s->out_w; ox++) dst[ox] = fmaf(r[ox], wy[j], dst[ox]);
         }
+        for (int32_t ox = 0; ox < s->out_w; ox++) dst[ox] = dst[ox] >= 0.5f ? 1.0f : 0.0f;
         wy += ny;
     }
 }
@@ -388,7 +501,7 @@ void bsfe_run(const bsfe_spec *s, const float *audio, float *out, void *work) {
     }
     if (s->kind == BSFE_LOGMEL) {
         for (int32_t ch = 0; ch < s->n_channels; ch++)
-            logmel(s, audio + (size_t)ch * s->n_samples, out + (size_t)ch * s->n_mels * s->n_frames, (float *)work);
+            logmel(s, audio + (size_t)ch * s->n_samples, out + (size_t)ch * s->n_mels * s->n_frames, work);
         return;
     }
     float *img = (float *)work;

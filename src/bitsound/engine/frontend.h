@@ -32,6 +32,17 @@ enum { BSFE_POWER_ANY = 0, BSFE_POWER_MAG = 1, BSFE_POWER_SQUARE = 2 };
 
 #define BSFE_OTSU_BINS 256
 
+/* Frames the STFT computes at once (frontend.c): 4 in vector lanes on x86-64 with GCC or Clang
+ * (SSE2, the same bits as one at a time), else 1. A generated project (BSM_CONFIG) keeps 1: its
+ * memory plan counts the one-frame buffer. */
+#ifndef BSFE_LANES
+#if defined(__GNUC__) && defined(__SSE2__) && defined(__x86_64__) && !defined(BSM_CONFIG)
+#define BSFE_LANES 4
+#else
+#define BSFE_LANES 1
+#endif
+#endif
+
 typedef struct {
     int32_t kind;
     int32_t n_channels, n_samples;   /* audio [n_channels][n_samples] */
@@ -70,6 +81,9 @@ void bsfe_run(const bsfe_spec *s, const float *audio, float *out, void *work);
 
 /* pieces, exposed for tests and profiling */
 float bsfe_logf(float x);
+/* power of bins 0 .. n_fft / 2 of frames t .. t + BSFE_LANES - 1 (zeros from n_frames on): bin k
+ * of frame t + l at buf[(2k + 1) BSFE_LANES + l]; buf holds (n_fft + 2) BSFE_LANES floats,
+ * aligned to 4 BSFE_LANES bytes */
 void bsfe_power_spectrum(const bsfe_spec *s, const float *x, int32_t t, float *buf);
 float bsfe_otsu(const float *v, size_t n);
 float bsfe_lower_median(float *v, size_t n);

@@ -99,7 +99,8 @@ class FrontEndSpec:
         return _a8(self.ints["n_mels"] * self.ints["n_frames"] * 4)
 
     def work_bytes(self) -> int:
-        """Working memory of one run (``bsfe_work_bytes`` in frontend.c)."""
+        """Working memory of one run (``bsfe_work_bytes`` in frontend.c as the generated projects
+        compile it, one frame at a time; the host engine's build, four frames at once, takes more)."""
         i = self.ints
         if i["kind"] == KINDS["raw"]:
             return 0
