@@ -19,8 +19,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# A binarized model end to end: train (accuracy on held-out recording locations), its complexity,
+# the packed model for the C engine, and the engine's labels against PyTorch's on every held-out clip.
+QUICKSTART := runs/quickstart
 quickstart: $(STAMP)
-	$(BIN)/bitsound train --recipe quickstart --out runs/quickstart
+	$(BIN)/bitsound train --recipe quickstart-1bit --out $(QUICKSTART)
+	$(BIN)/bitsound complexity --model $(QUICKSTART)/model.pt
+	$(BIN)/bitsound export --model $(QUICKSTART)/model.pt --out $(QUICKSTART)/model.bsnn
+	$(BIN)/python benchmarks/engine_parity.py --model $(QUICKSTART)/model.pt --engine $(QUICKSTART)/model.bsnn --held-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

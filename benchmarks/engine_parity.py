@@ -3,12 +3,13 @@
 Usage::
 
     python benchmarks/engine_parity.py --model runs/digits-xnor/model.pt [--isa auto] PATH...
-    python benchmarks/engine_parity.py --model runs/esc10-acdnet/model.pt --held-out
+    python benchmarks/engine_parity.py --model runs/esc10-acdnet/model.pt --held-out [--engine FILE.bsnn]
 
-Each PATH is an audio file or a folder (searched recursively for wav/flac/ogg/mp3); with
+The model is exported to a temporary ``.bsnn`` (or ``--engine`` names one exported from it). Each
+PATH is an audio file or a folder (searched recursively for wav/flac/ogg/mp3); with
 ``--held-out`` the clips are those the run scored on its held-out split (the ``predictions`` of
-the ``metrics.json`` beside the model), so no clip the model trained on is counted. The model is
-exported to a temporary ``.bsnn``; every clip goes through the recipe's front end and then both
+the ``metrics.json`` beside the model), so no clip the model trained on is counted. Every clip
+goes through the recipe's front end and then both
 the PyTorch network and the engine on the same features. Prints the numbers of clips and
 windows, how many got the same label (per window, and per clip from the mean of its windows'
 probabilities), the largest difference of class probabilities, and lists any clip whose label
@@ -72,6 +73,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="DIR/model.pt written by bitsound train")
     ap.add_argument("--isa", default="auto")
+    ap.add_argument("--engine", metavar="FILE.bsnn",
+                    help="the exported model to check (default: export --model to a temporary file)")
     ap.add_argument("--held-out", action="store_true",
                     help="the held-out clips of the run's metrics.json (beside --model)")
     ap.add_argument("paths", nargs="*")
@@ -94,7 +97,7 @@ def main() -> int:
     n_windows = same_windows = same_clips = 0
     diff = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        eng = load_classifier(export_packed(model, Path(tmp) / "model.bsnn"), isa=args.isa)
+        eng = load_classifier(args.engine or export_packed(model, Path(tmp) / "model.bsnn"), isa=args.isa)
         for i, path in enumerate(files):
             wave = decode(i)
             windows = torch.from_numpy(np.ascontiguousarray(window_audio(wave, audio.sample_rate, audio)))
