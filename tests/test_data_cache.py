@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from pathlib import Path
@@ -154,6 +155,12 @@ def test_concurrent_writers_and_readers_see_only_complete_arrays(tmp_path):
 
 
 # ------------------------------------------------------------------ damaged files
+def _npz_bytes() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, a=np.arange(100.0))
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -162,6 +169,9 @@ def test_concurrent_writers_and_readers_see_only_complete_arrays(tmp_path):
         pytest.param(lambda data: b"", id="empty"),
         pytest.param(lambda data: b"not a numpy file at all" * 10, id="garbage"),
         pytest.param(lambda data: data + b"\0" * 16, id="trailing-bytes"),
+        # np.load reads a zip signature as an .npz (found by benchmarks/fuzz_readers.py)
+        pytest.param(lambda data: b"PK\x03\x04", id="zip-signature"),
+        pytest.param(lambda data: _npz_bytes(), id="npz-archive"),
     ],
 )
 def test_damaged_file_is_removed_and_recomputed(tmp_path, caplog, damage):

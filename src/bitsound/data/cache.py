@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import tokenize
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,9 @@ class FeatureCache:
         path = self.path_for(key)
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if not isinstance(array, np.ndarray):  # a whole .npz archive: not a file this cache writes
+                array.close()
+                raise ValueError("an .npz archive, not an .npy array")
             problem = _size_problem(path, array)
         except FileNotFoundError:  # absent, or removed by another process in between
             return None
@@ -187,8 +191,9 @@ class FeatureCache:
 #: What numpy raises for a damaged ``.npy`` file (found by fuzzing its header and bytes): a bad
 #: magic string, header or dtype (parsed with ast and, for old headers, tokenize), a shape larger
 #: than the file, EOF.
+# np.load reads a file that starts like a zip archive as an .npz: a damaged cache file can too
 _DAMAGED = (ValueError, TypeError, SyntaxError, tokenize.TokenError, EOFError, OverflowError,
-            IndexError, KeyError)
+            IndexError, KeyError, zipfile.BadZipFile)
 
 
 def _check_key(key: str) -> None:
