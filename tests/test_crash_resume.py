@@ -167,6 +167,12 @@ def tiny_run(tmp_path):
     return out
 
 
+def _flag_first_member_encrypted(data: bytes) -> bytes:
+    """Set the 'encrypted' bit of the first member in the ZIP central directory."""
+    at = data.index(b"PK\x01\x02") + 8  # general purpose flags of the central directory entry
+    return data[:at] + bytes([data[at] | 1]) + data[at + 1:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("trained"))
@@ -178,6 +184,7 @@ def trained(tmp_path_factory):
     (lambda data: b"", "is empty"),
     (lambda data: b"not a model at all", "is not a PyTorch file"),
     (lambda data: data[:2000] + bytes([data[2000] ^ 0x40]) + data[2001:], "fails its CRC-32"),
+    (_flag_first_member_encrypted, "is damaged"),  # zipfile raises RuntimeError (found by fuzzing)
 ])
 def test_damaged_model_file_is_one_clear_error(trained, tmp_path, capsys, damage, says):
     damaged = tmp_path / "model.pt"

@@ -115,7 +115,8 @@ def torch_file_problem(path: Path) -> str | None:
     except zipfile.BadZipFile:
         return (f"is truncated: its {size} bytes do not end with the directory a complete ZIP "
                 "archive ends with (an interrupted write, copy or download?)")
-    except (zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+    # RuntimeError: zipfile's answer to a member flagged as encrypted (one flipped bit does it)
+    except (zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as err:
         return f"is damaged ({size} bytes; the ZIP archive cannot be read: {err})"
     if bad is not None:
         return f"is damaged: its part '{bad}' fails its CRC-32 checksum"
