@@ -48,9 +48,13 @@ def precision(report: dict) -> str:
 def model_row(name: str, path: Path, accuracy: float | None, rule: str) -> dict:
     model = bitsound.load_model(path)
     report = complexity_report(model.net, feature_shape(model.recipe))
+    # seed 001's tables: its full-precision count for float and int8 models (Table 1), the XNOR
+    # formula only for networks with binary layers (Table 4)
+    seed = report["flops_seed001"]
+    flops = seed["flops"] if report["bops"] else seed["x"]
     return {"model": name, "accuracy": accuracy, "params": report["params"],
             "kb": report["kb"][rule], "macs": report["macs"], "bops": report["bops"],
-            "flops_seed001": report["flops_seed001"]["flops"], "precision": precision(report)}
+            "flops_seed001": flops, "precision": precision(report)}
 
 
 def rows_of(run: Path, rule: str) -> list[dict]:
