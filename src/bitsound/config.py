@@ -10,9 +10,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from bitsound.errors import ConfigError
+
+
+def _check_published(names: list[str]) -> list[str]:
+    from bitsound.published import PUBLISHED
+
+    unknown = [n for n in names if n not in PUBLISHED]
+    if unknown:
+        raise ValueError(f"unknown published systems {unknown}; valid: {', '.join(PUBLISHED)}")
+    return names
+
+
+#: names of seed systems in :mod:`bitsound.published` (recipes' and pipelines' ``references``)
+PublishedSystems = Annotated[list[str], AfterValidator(_check_published)]
 
 
 class Section(BaseModel):
@@ -497,17 +517,7 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     # Seed systems (bitsound.published) whose published points the report draws beside this run.
-    references: list[str] = []
-
-    @field_validator("references")
-    @classmethod
-    def _check_references(cls, names: list[str]) -> list[str]:
-        from bitsound.published import PUBLISHED
-
-        unknown = [n for n in names if n not in PUBLISHED]
-        if unknown:
-            raise ValueError(f"unknown published systems {unknown}; valid: {', '.join(PUBLISHED)}")
-        return names
+    references: PublishedSystems = []
     # Event detection over long recordings (bitsound detect); the defaults when absent.
     detect: DetectConfig = DetectConfig()
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bitsound.config import apply_overrides, format_validation_error, read_yaml
+from bitsound.config import PublishedSystems, apply_overrides, format_validation_error, read_yaml
 from bitsound.errors import ConfigError
 
 
@@ -232,22 +232,12 @@ class Pipeline(Section):
     # model families the pipeline was written for (another one only logs a note)
     models: list[str] = []
     # published systems whose points the report shows beside the result
-    references: list[str] = []
+    references: PublishedSystems = []
     validation: ValidationSettings = ValidationSettings()
     # write each stage's model.bsnn and measure its size, engine time and agreement
     export: bool = True
     engine_examples: int = Field(default=32, ge=1)
     stages: list[Stage] = Field(min_length=1)
-
-    @field_validator("references")
-    @classmethod
-    def _check_references(cls, names: list[str]) -> list[str]:
-        from bitsound.published import PUBLISHED
-
-        unknown = [n for n in names if n not in PUBLISHED]
-        if unknown:
-            raise ValueError(f"unknown published systems {unknown}; valid: {', '.join(PUBLISHED)}")
-        return names
 
     def stage_names(self) -> list[str]:
         """Each stage's folder name: its position and its name (or kind), e.g. ``01-prune``."""
