@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import randomized  # tests/nets.py
 from torch import nn
 
 import bitsound
@@ -31,19 +32,6 @@ from bitsound.nn.layers import QuantConv2d, QuantLinear
 from bitsound.nn.quantizers import Int8Activation, Int8Weight
 
 SHAPE = (1, 16, 40)
-
-
-def randomized(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and batch-norm statistics, so that every channel matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "weight" in name else 0.1))
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return net.eval()
 
 
 def cnn(channels=(8, 12, 16), seed=0):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from nets import randomized  # tests/nets.py
 from torch import nn
 
 from bitsound.errors import CheckpointError, ExportError
@@ -32,19 +33,6 @@ def test_op_codes_and_names_are_unique():
     assert len({op.code for op in oc.OPS}) == len(oc.OPS)
     assert len({op.name for op in oc.OPS}) == len(oc.OPS)
     assert oc.REC_META not in {op.code for op in oc.OPS}
-
-
-def randomized(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Small random weights and batch-norm statistics, so that every layer matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "weight" in name else 0.1))
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return net.eval()
 
 
 def registered_models() -> list[str]:
