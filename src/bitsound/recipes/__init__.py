@@ -33,28 +33,26 @@ def list_pipelines() -> list[tuple[str, str]]:
             for name, path in sorted(_shipped("compress").items())]
 
 
-def pipeline_path(name_or_path: str) -> Path:
-    """A shipped compression pipeline by name, or a pipeline YAML file by path."""
-    shipped = _shipped("compress")
+def _shipped_or_file(folder: str, name_or_path: str, *, what: str, shipped_word: str) -> Path:
+    """A shipped YAML file of ``folder`` by name, or a YAML file by path."""
+    shipped = _shipped(folder)
     if name_or_path in shipped:
         return shipped[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
-        raise ConfigError(f"unknown compression pipeline {name_or_path!r}: not a shipped one "
+        raise ConfigError(f"unknown {what} {name_or_path!r}: not a shipped {shipped_word} "
                           f"({', '.join(sorted(shipped)) or 'none'}) nor an existing YAML file")
     return path
+
+
+def pipeline_path(name_or_path: str) -> Path:
+    """A shipped compression pipeline by name, or a pipeline YAML file by path."""
+    return _shipped_or_file("compress", name_or_path, what="compression pipeline", shipped_word="one")
 
 
 def study_path(name_or_path: str) -> Path:
     """A shipped study by name, or a study YAML file by path."""
-    shipped = _shipped("studies")
-    if name_or_path in shipped:
-        return shipped[name_or_path]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(f"unknown study {name_or_path!r}: not a shipped study "
-                          f"({', '.join(sorted(shipped)) or 'none'}) nor an existing YAML file")
-    return path
+    return _shipped_or_file("studies", name_or_path, what="study", shipped_word="study")
 
 
 def load_recipe(name_or_path: str, *, overrides: list[str] | None = None) -> Recipe:
