@@ -300,6 +300,8 @@ def test_engine_int8_tensors_equal_pytorchs_quantized_reference(tmp_path):
     assert a.codes == 6 * (16 * 40 + 16 * 8 * 20 + 24 * 4 * 10 + 32)
     # equal, or one step where x / scale lies within float rounding of a half-integer
     assert a.max_step <= 1 and a.equal_fraction >= 0.999
+    # layer by layer (PyTorch fed the engine's codes) at least as close as end to end
+    assert a.layer_max_step <= 1 and a.layer_equal >= a.equal
     assert a.labels_equal == 6 and a.logit_max_rel < 1e-4
 
 

@@ -83,7 +83,7 @@ def test_every_stage_kind_writes_a_loadable_measured_model(tmp_path):
     assert sparse.kb["dcase2022"] == pruned.kb["dcase2022"]
     # int8 convs (the masks kept through QAT), then fp16 for the classifier
     assert int8.nonzero_params < int8.params and int8.kb["storage"] < 0.4 * sparse.kb["storage"]
-    assert int8.engine["int8_max_step"] <= 1
+    assert int8.engine["int8_max_step"] <= 1 and int8.engine["int8_layer_max_step"] <= 1
     assert int8.engine["int8_equal"] >= 0.999 * int8.engine["int8_codes"]
     assert half.kb["storage"] < int8.kb["storage"]
     for row in result.rows:

@@ -253,6 +253,25 @@ def test_int8_codes_are_the_layers_own_float32_codes():
     assert torch.equal(q(x), (want - zero).to(torch.float32) * s32)
 
 
+def test_int8_codes_can_feed_a_layer_other_codes():
+    torch.manual_seed(0)
+    net = nn.Sequential(QuantLinear(8, 4, input_quantizer=Int8Activation(), weight_quantizer=None),
+                        nn.ReLU(),
+                        QuantLinear(4, 2, input_quantizer=Int8Activation(), weight_quantizer=None)).eval()
+    for q in (net[0].input_quantizer, net[2].input_quantizer):
+        q.min_val.fill_(-2.0)
+        q.max_val.fill_(2.0)
+        q.observed.fill_(1)
+    x = torch.randn(1, 8)
+    own, logits = Q.int8_codes(net, x)
+    _, zero = net[0].input_quantizer.qparams()
+    fed, fed_logits = Q.int8_codes(net, x, feed={"0": torch.full((1, 8), zero)})
+    # the first layer computes on zeros: its output is its bias, and the second layer sees that
+    assert torch.equal(fed["0"], own["0"])  # its own codes are still reported
+    assert torch.allclose(fed_logits, net[2](torch.relu(net[0].bias)[None]))
+    assert not torch.allclose(fed_logits, logits)
+
+
 def test_batchnorm_folds_on_the_layers_device():
     net = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3)).to("meta")
     assert Q.fold_batchnorm(net) == ["1"]

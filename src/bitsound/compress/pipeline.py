@@ -253,7 +253,8 @@ class _Run:
             k = min(n, 8)
             a = Q.int8_agreement(net, eng, x[:k])
             agreement.update(int8_examples=k, int8_codes=a.codes, int8_equal=a.equal,
-                             int8_max_step=a.max_step)
+                             int8_max_step=a.max_step, int8_layer_equal=a.layer_equal,
+                             int8_layer_max_step=a.layer_max_step)
         return row.model_copy(update={"bsnn_bytes": path.stat().st_size,
                                       "engine_ms": round(1000 * min(runs) / n, 4), "engine": agreement})
 
