@@ -88,6 +88,26 @@ def test_removing_a_dead_channel_leaves_the_logits_unchanged():
     torch.testing.assert_close(net(x), want, rtol=1e-5, atol=1e-6)
 
 
+def test_layer_scope_takes_the_same_fraction_of_every_layer_its_weakest_first():
+    net = cnn((8, 12, 16))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    # six of the first layer's eight filters far below its mean: a global ranking takes them first
+    with torch.no_grad():
+        convs[0].weight[:6].mul_(1e-3)
+        convs[2].weight[5].mul_(1e-2)  # the weakest filter of the last layer
+    weakest = convs[2].weight.abs().sum(dim=(1, 2, 3)).argsort()[:4].tolist()
+    kept_last = [i for i in range(16) if i not in weakest]
+    want = net.features[10].weight[kept_last].clone()  # the last conv's batch-norm scales
+    glob = copy.deepcopy(net)
+    P.prune_channels(glob, torch.zeros(1, *SHAPE), 9, importance=P.L1Importance())
+    step = P.prune_channels(net, torch.zeros(1, *SHAPE), 9, importance=P.L1Importance(), scope="layer")
+    assert step.removed == {"features.1": 2, "features.5": 3, "features.9": 4}  # a quarter each
+    assert torch.equal(net.features[10].weight, want)  # the last layer lost its four weakest filters
+    assert [m.out_channels for m in glob.modules() if isinstance(m, nn.Conv2d)][0] == 2
+    with pytest.raises(ConfigError, match="scope"):
+        P.prune_channels(net, torch.zeros(1, *SHAPE), 1, importance=P.L1Importance(), scope="net")
+
+
 def test_the_classifier_is_never_pruned_and_min_channels_is_kept():
     net = cnn((4, 4, 4))
     step = P.prune_channels(net, torch.zeros(1, *SHAPE), 100, importance=P.L1Importance(), min_channels=2)

@@ -98,6 +98,8 @@ class PruneStage(Section):
 
     Unstructured: ``amount`` of the weights of ``layers`` zeroed by magnitude (``scope``
     global or per layer), masks kept through every later stage's fine-tuning, then folded.
+    ``scope`` applies to structured pruning too: channels ranked across layers (``global``) or
+    the same fraction of every layer's channels (``layer``).
     """
 
     kind: Literal["prune"]

@@ -313,7 +313,7 @@ class _Run:
                 importance = P.TaylorImportance()
                 importance.measure(net, self.data.batches(st.taylor_examples, batch_size=batch, seed=step),
                                    torch.nn.functional.cross_entropy)
-            plan = P.plan_pruning(net, ex, importance=importance, exclude=exclude)
+            plan = P.plan_pruning(net, ex, importance=importance, exclude=exclude, scope=st.scope)
             n = math.ceil(st.per_step * plan.total) if st.per_step < 1 else int(st.per_step)
             if st.target is not None and st.target.ratio is not None:
                 n = min(n, math.ceil(st.target.ratio * total) - removed)

@@ -18,7 +18,9 @@ mapping the graph cannot express are refused before anything is cut (:data:`PRUN
 shortcut that zero-pads or averages channels).
 
 Importance criteria (``importance=``), each giving one score per output channel, compared
-across layers (global ranking):
+across layers (``scope="global"``), or within each layer only (``scope="layer"``: every layer
+loses the same fraction of its channels, its least important ones; seed 004's authors prune
+each layer by the same amount with ``torch.nn.utils.prune.ln_structured``):
 
 ``"l1"``
     The L1 norm of each filter of the root layer, divided by the layer's mean (Li et al. 2017,
@@ -386,15 +388,30 @@ class PruneStep:
         return sum(self.removed.values())
 
 
-def rank_channels(groups: list[ChannelGroup], importance) -> list[tuple[float, int, int]]:
-    """(score, group index, channel) of every prunable channel, least important first."""
+SCOPES = ("global", "layer")
+
+
+def rank_channels(groups: list[ChannelGroup], importance, scope: str = "global"
+                  ) -> list[tuple[float, int, int]]:
+    """(score, group index, channel) of every prunable channel, least important first.
+
+    ``scope="layer"``: the score is the channel's place in its own layer's order, as a fraction
+    of the layer's channels ((rank + 1) / channels), so that the first ``n`` of the list take
+    about the same fraction of every layer, each layer's least important first.
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"prune scope must be one of {SCOPES}, got {scope!r}")
     ranked = []
     for gi, group in enumerate(groups):
         scores = importance(group)
         if len(scores) != group.channels:
             raise ConfigError(f"importance gave {len(scores)} scores for the {group.channels} channels "
                               f"of '{group.name}'")
-        ranked += [(float(s), gi, c) for c, s in enumerate(scores)]
+        if scope == "layer":
+            order = sorted(range(group.channels), key=lambda c: (float(scores[c]), c))
+            ranked += [((place + 1) / group.channels, gi, c) for place, c in enumerate(order)]
+        else:
+            ranked += [(float(s), gi, c) for c, s in enumerate(scores)]
     ranked.sort(key=lambda r: (r[0], r[1], r[2]))
     return ranked
 
@@ -422,8 +439,9 @@ def remove_channels(graph, groups: list[ChannelGroup], ranked: list[tuple[float,
 
 
 def prune_channels(net: nn.Module, example_input: torch.Tensor, n_remove: int, *, importance,
-                   exclude: Iterable[str] = (), min_channels: int = 1) -> PruneStep:
-    """Physically remove the ``n_remove`` globally least important output channels of ``net``.
+                   exclude: Iterable[str] = (), min_channels: int = 1, scope: str = "global") -> PruneStep:
+    """Physically remove the ``n_remove`` least important output channels of ``net`` (ranked
+    across layers, or within each layer with ``scope="layer"``: see :func:`rank_channels`).
 
     Parameters
     ----------
@@ -441,7 +459,7 @@ def prune_channels(net: nn.Module, example_input: torch.Tensor, n_remove: int, *
     PruneStep
     """
     graph, groups = channel_groups(net, example_input, exclude=exclude)
-    return remove_channels(graph, groups, rank_channels(groups, importance), n_remove,
+    return remove_channels(graph, groups, rank_channels(groups, importance, scope), n_remove,
                            min_channels=min_channels)
 
 
@@ -487,11 +505,11 @@ class PrunePlan:
 
 
 def plan_pruning(net: nn.Module, example_input: torch.Tensor, *, importance,
-                 exclude: Iterable[str] = ()) -> PrunePlan:
+                 exclude: Iterable[str] = (), scope: str = "global") -> PrunePlan:
     """Rank the channels of ``net`` (see :func:`prune_channels`) without removing any."""
     _, groups = channel_groups(net, example_input, exclude=exclude)
     return PrunePlan([g.name for g in groups], [g.channels for g in groups],
-                     rank_channels(groups, importance))
+                     rank_channels(groups, importance, scope))
 
 
 def apply_plan(net: nn.Module, example_input: torch.Tensor, plan: PrunePlan, n_remove: int, *,
