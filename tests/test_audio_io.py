@@ -251,6 +251,20 @@ def test_segment_windows_hold_the_right_samples():
     assert seg.windows.shape[0] == 3  # 0, 75; partial at 150 has 100 samples left: whole
 
 
+@pytest.mark.parametrize("seconds, hop", [(2.6, 0.5), (2.4, 1.0), (0.3, 0.25), (1.0, 0.3)])
+def test_centred_segments_put_a_window_centre_on_every_hop_of_the_recording(seconds, hop):
+    rate = 100
+    x = np.arange(1, round(seconds * rate) + 1, dtype=np.float32)[np.newaxis]  # sample i holds i + 1
+    seg = segment(x, rate, length=1.0, hop=hop, centred=True)
+    centres = seg.starts + 0.5
+    step = round(hop * rate)
+    np.testing.assert_allclose(centres, np.arange(0, x.shape[1], step) / rate)
+    for start, window in zip(seg.starts, seg.windows, strict=True):
+        first = round(start * rate)  # negative for the first windows
+        want = np.array([i + 1 if 0 <= i < x.shape[1] else 0 for i in range(first, first + rate)])
+        np.testing.assert_array_equal(window[0], want)
+
+
 @pytest.fixture
 def gated_recording() -> np.ndarray:
     """Six 1-s windows at 100 Hz: loud, silent, loud, silent, 20 dB down, loud."""

@@ -151,6 +151,12 @@ def test_sed_dataset_and_strong_window_targets(tmp_path):
     # cough [1, 2] covers half of the central 0.2 s of the centres 1.0, 1.5 and 2.0
     assert feats.y[feats.clip_of_window == 0].tolist() == [1, 0, 0, 0, 1, 1]
     assert set(feats.y[feats.clip_of_window == 1].tolist()) == {1}
+    # centred windows: centres 0, 0.5, ..., 2.5, labelled by the same rule
+    centred = recipe.model_copy(deep=True)
+    centred.audio.segment.centred = True
+    feats = build_features(ds, [0], recipe=centred, label_index={"cough": 0, "silence": 1},
+                           cache=None, show_progress=False)
+    assert feats.y.tolist() == [1, 1, 0, 0, 0, 1]
     gated = recipe.model_copy(deep=True)
     gated.audio.segment.energy_gate_db = -30
     with pytest.raises(ConfigError, match="energy_gate_db"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bitsound.audio.io import load_audio
+from bitsound.audio.io import load_audio, segment
 from bitsound.config import PostprocessConfig
 from bitsound.data.records import Event
 from bitsound.detect.frames import FrameScores, frame_boundaries
@@ -62,6 +62,24 @@ def test_windows_with_a_hop_longer_than_the_window_skip_the_gaps(tmp_path, hop, 
     want, want_starts = _reference_windows(ramp, win=rate, step=round(hop * rate))
     np.testing.assert_allclose(starts, want_starts / rate)
     np.testing.assert_array_equal(windows, want)
+
+
+@pytest.mark.parametrize("seconds, hop, block", [(6.3, 0.25, 0.7), (6.3, 0.1, 30.0), (0.4, 0.25, 0.3),
+                                                (3.0, 1.0, 0.45)])
+def test_centred_streamed_windows_equal_centred_segments(tmp_path, seconds, hop, block):
+    rate = 8000
+    ramp = (np.arange(1, round(rate * seconds) + 1) / 1e5).astype(np.float32)[None]
+    path = tmp_path / "ramp.wav"
+    sf.write(path, ramp.T, rate, subtype="FLOAT")
+    got = list(stream_windows(path, sample_rate=rate, channels="mono", length=1.0, hop=hop, block=block,
+                              batch=3, centred=True))
+    want = segment(ramp, rate, length=1.0, hop=hop, centred=True)
+    np.testing.assert_allclose(np.concatenate([b.starts for b in got]), want.starts)
+    np.testing.assert_array_equal(np.concatenate([b.windows for b in got]), want.windows)
+    # frames then start at the recording's start, one per window, the first centred on 0
+    timestamps, n = frame_boundaries(want.starts, length=1.0, duration=seconds)
+    assert n == len(want.starts) and timestamps[0] == 0 and timestamps[-1] == seconds
+    np.testing.assert_allclose(timestamps[1:-1], (np.arange(n - 1) + 0.5) * hop)
 
 
 def test_stream_errors_name_the_file(tmp_path):

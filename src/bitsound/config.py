@@ -49,11 +49,23 @@ class SegmentConfig(Section):
 
     ``energy_gate_db`` drops windows whose RMS level (dB relative to the loudest window of the
     same recording) is below the value; ``None`` keeps every window.
+
+    ``centred``: windows are centred on 0, hop, 2 hop, ... up to the end of the recording, with
+    zeros for the half-window before its start and after its end, so the first and last half
+    window of a recording are window centres too. Detectors whose windows are named by their
+    centre (``data.window_labels.region``) want this: without it an event in a recording's
+    first or last half window has no window centred on it and its onset or offset is lost.
+    Training and ``bitsound detect`` cut windows the same way.
     """
 
     length: float = Field(gt=0, le=3600, description="window length in seconds")
     hop: float = Field(gt=0, le=3600, description="hop between window starts in seconds")
     energy_gate_db: float | None = Field(default=None, le=0)
+    centred: bool = False
+
+    def first_start(self, sample_rate: int) -> float:
+        """Start of the first window in seconds: 0, or minus half a window when ``centred``."""
+        return -(round(self.length * sample_rate) // 2) / sample_rate if self.centred else 0.0
 
 
 class CropConfig(Section):

@@ -211,8 +211,9 @@ def _compute_ahead(dataset: Dataset, indices: list[int], *, recipe: Recipe, conf
 def strong_window_labels(clip, n_windows: int, *, recipe: Recipe) -> list[str]:
     """Label names of a clip's ``n_windows`` windows: from its events, else its clip label.
 
-    Windows of a segmented clip start at ``clip.start + k * hop``; an energy gate would drop
-    some of them unseen, so strong labels need a recipe without one.
+    Windows of a segmented clip start at ``clip.start + k * hop`` (less half a window when the
+    segments are centred); an energy gate would drop some of them unseen, so strong labels need
+    a recipe without one.
     """
     if clip.events is None:
         return [clip.label] * n_windows
@@ -224,7 +225,7 @@ def strong_window_labels(clip, n_windows: int, *, recipe: Recipe) -> list[str]:
         raise ConfigError(f"clip '{clip.path}' carries events, but audio.segment.energy_gate_db "
                           f"({seg.energy_gate_db}) drops windows, so their times are unknown; set "
                           "audio.segment.energy_gate_db: null")
-    starts = (clip.start or 0.0) + seg.hop * np.arange(n_windows)
+    starts = (clip.start or 0.0) + seg.first_start(recipe.audio.sample_rate) + seg.hop * np.arange(n_windows)
     wl = recipe.data.window_labels
     return window_labels(clip.events, starts, length=seg.length, clip_label=clip.label,
                          region=wl.region, min_overlap=wl.min_overlap)

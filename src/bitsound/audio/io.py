@@ -641,13 +641,16 @@ def segment(
     length: float,
     hop: float,
     energy_gate_db: float | None = None,
+    centred: bool = False,
 ) -> Segments:
     """Cut a recording into fixed-length windows.
 
     Windows start at 0, hop, 2 hop, ... and every window lying wholly inside the recording is
     kept. After the last whole window, the next one (one hop later) is kept zero-padded if at
     least half of it is real audio. A recording shorter than one window gives one window,
-    zero-padded at the end.
+    zero-padded at the end. With ``centred`` the windows are instead centred on 0, hop,
+    2 hop, ... for every centre inside the recording (``win // 2`` zero samples before it, as
+    many as needed after it; the first start is negative).
 
     Parameters
     ----------
@@ -675,11 +678,17 @@ def segment(
             f"energy_gate_db is a level relative to the loudest window and must be <= 0 dB, "
             f"got {energy_gate_db}"
         )
-    starts = _window_starts(x.shape[1], win=win, step=step)
-    tail = max(0, starts[-1] + win - x.shape[1])
-    padded = np.pad(x, [(0, 0), (0, tail)]) if tail else x
+    if centred:
+        lead = win // 2
+        starts = list(range(0, x.shape[1], step))  # in the padded signal: centres 0, step, ...
+    else:
+        lead = 0
+        starts = _window_starts(x.shape[1], win=win, step=step)
+    tail = max(0, starts[-1] + win - lead - x.shape[1])
+    padded = np.pad(x, [(0, 0), (lead, tail)]) if lead or tail else x
     windows = np.stack([padded[:, s : s + win] for s in starts])
-    segments = Segments(windows=windows, starts=np.asarray(starts, dtype=np.float64) / sample_rate)
+    segments = Segments(windows=windows,
+                        starts=(np.asarray(starts, dtype=np.float64) - lead) / sample_rate)
     if energy_gate_db is None:
         return segments
     return _energy_gate(segments, energy_gate_db)
@@ -833,7 +842,8 @@ def to_model_windows(x: np.ndarray, sample_rate: int, cfg: AudioConfig) -> Segme
     if cfg.segment is not None:
         seg = cfg.segment
         return segment(
-            x, sample_rate, length=seg.length, hop=seg.hop, energy_gate_db=seg.energy_gate_db
+            x, sample_rate, length=seg.length, hop=seg.hop, energy_gate_db=seg.energy_gate_db,
+            centred=seg.centred,
         )
     if cfg.crop is not None:
         length, pad, stored = crop_geometry(cfg)

@@ -112,7 +112,8 @@ def frame_scores(classifier: Callable, path: str | os.PathLike, *, hop: float, b
     probs, starts = [], []
     is_torch = isinstance(classifier, torch.nn.Module)
     for chunk in stream_windows(path, sample_rate=audio.sample_rate, channels=audio.channels,
-                                length=length, hop=hop, block=block, batch=batch):
+                                length=length, hop=hop, block=block, batch=batch,
+                                centred=bool(audio.segment and audio.segment.centred)):
         wave = torch.from_numpy(chunk.windows)
         if is_torch:
             wave = wave.to(device)

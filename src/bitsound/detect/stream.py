@@ -139,8 +139,14 @@ def stream_blocks(path: str | os.PathLike, *, sample_rate: int, channels, block:
 
 
 def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, length: float, hop: float,
-                   block: float = 30.0, batch: int = 256) -> Iterator[WindowBatch]:
+                   block: float = 30.0, batch: int = 256, centred: bool = False) -> Iterator[WindowBatch]:
     """Windows of ``length`` seconds every ``hop`` seconds over ``path``, in batches.
+
+    As :func:`bitsound.audio.io.segment` cuts them: windows start at 0, hop, ... (the last one
+    zero-padded when the recording goes on past the last whole window), or with ``centred``
+    are centred on 0, hop, ... up to the end, half a window of zeros before the start and after
+    the end (their starts, in :attr:`WindowBatch.starts`, are then the true ones: the first is
+    negative).
 
     Parameters
     ----------
@@ -155,6 +161,8 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
         Seconds decoded at a time.
     batch : int > 0
         Windows per :class:`WindowBatch` (the last one may hold fewer).
+    centred : bool
+        Centre the windows on 0, hop, ... (``audio.segment.centred``).
 
     Yields
     ------
@@ -164,6 +172,9 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
     step = _samples(hop, sample_rate, "hop")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    # sample positions below are in the stream as the windows see it: ``lead`` zeros, then the
+    # recording
+    lead = win // 2 if centred else 0
     buffer = np.zeros((0, 0), dtype=np.float32)
     offset = 0  # sample index of buffer[:, 0]
     next_start = 0
@@ -173,11 +184,13 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
     def flush():
         nonlocal pending
         windows = np.stack([w for w, _ in pending])
-        starts = np.array([s for _, s in pending], dtype=np.float64) / sample_rate
+        starts = (np.array([s for _, s in pending], dtype=np.float64) - lead) / sample_rate
         pending = []
         return WindowBatch(windows=windows, starts=starts)
 
     for x in stream_blocks(path, sample_rate=sample_rate, channels=channels, block=block):
+        if total == 0 and lead:
+            x = np.concatenate([np.zeros((x.shape[0], lead), dtype=x.dtype), x], axis=1)
         buffer = x if buffer.size == 0 else np.concatenate([buffer, x], axis=1)
         total += x.shape[1]
         while next_start + win <= total:
@@ -194,7 +207,17 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
             offset += keep
     if total == 0:
         return
-    if next_start == 0 or (next_start < total and next_start - step + win < total):
+    if centred:
+        # the windows still centred inside the recording (centre = start in these positions)
+        while next_start < total - lead:
+            tail = buffer[:, next_start - offset:]
+            window = np.zeros((buffer.shape[0], win), dtype=np.float32)
+            window[:, :tail.shape[1]] = tail[:, :win]
+            pending.append((window, next_start))
+            next_start += step
+            if len(pending) == batch:
+                yield flush()
+    elif next_start == 0 or (next_start < total and next_start - step + win < total):
         # the recording is shorter than a window, or goes on past the last whole one
         tail = buffer[:, next_start - offset:] if next_start < total else buffer[:, :0]
         window = np.zeros((buffer.shape[0], win), dtype=np.float32)
