@@ -56,6 +56,9 @@ CASES = [
     # a position-aware head: mean over frequency, a dense layer over (channel, time step)
     ("cnn2d", {"channels": [8, 16], "head": "time"}, AUDIO_SHAPE),
     ("bcnn2d", {"channels": [16, 33], "head": "time"}, AUDIO_SHAPE),
+    # the later stages pool frequency only (2x1 max-pools), keeping time steps for the head
+    ("cnn2d", {"channels": [8, 16, 8], "head": "time", "time_pools": 1}, AUDIO_SHAPE),
+    ("bcnn2d", {"channels": [16, 33, 16], "head": "time", "time_pools": 1}, AUDIO_SHAPE),
 ]
 
 

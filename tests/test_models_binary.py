@@ -191,6 +191,22 @@ def test_bcnn2d_layout_mirrors_cnn2d():
     assert model(x).shape == twin(x).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name", ["cnn2d", "bcnn2d"])
+def test_time_pools_keep_the_time_steps_the_time_head_sees(name):
+    x = torch.randn(2, 1, 40, 51)
+    steps = {}
+    for time_pools in (None, 4, 2, 0):
+        net = build_model(name, input_shape=(1, 40, 51), n_classes=5,
+                          params={"channels": [8, 16, 16, 8], "head": "time", "time_pools": time_pools})
+        assert net(x).shape == (2, 5)
+        pools = [m for m in net.features if isinstance(m, nn.MaxPool2d)]
+        steps[time_pools] = net.features(x).shape[-1]
+        assert net.features(x).shape[-2] == 3  # frequency is halved by every stage: 40 -> 3
+        assert net.head[-1].in_features == 8 * steps[time_pools]
+    assert [m.kernel_size for m in pools] == [(2, 1)] * 4  # time_pools 0: frequency only
+    assert steps == {None: 4, 4: 4, 2: 13, 0: 51}
+
+
 def test_bcnn2d_block_adds_the_real_valued_shortcut():
     torch.manual_seed(3)
     block = BinaryBlock(4, 6, mode="xnor", shortcut=True).eval()

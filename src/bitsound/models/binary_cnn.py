@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitsound.errors import ConfigError
-from bitsound.models.cnn import CNN2dParams, FeatureNorm, classifier_head
+from bitsound.models.cnn import CNN2dParams, FeatureNorm, classifier_head, stage_pool
 from bitsound.models.registry import Flag, register_model
 from bitsound.models.thesis import check_input_shape
 from bitsound.nn.layers import BINARY_MODES, BinaryConv2d
@@ -157,6 +157,8 @@ class BinaryCNN2d(nn.Module):
         A per-channel PReLU on each block's output (ReActNet's RPReLU without its shifts).
     head : {"gap", "time"}
         See :func:`bitsound.models.cnn.classifier_head`.
+    time_pools : int, optional
+        As in :class:`bitsound.models.cnn.CNN2d`: the stages that halve time too (``None``: all).
 
     Shapes: x : Tensor [shape=(batch, channels, freq, time)] -> logits [shape=(batch, n_classes)].
     """
@@ -165,7 +167,7 @@ class BinaryCNN2d(nn.Module):
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
                  dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
                  mode: str = "xnor", shortcut: bool = True, learn_threshold: bool = False,
-                 stream_prelu: bool = False, head: str = "gap"):
+                 stream_prelu: bool = False, head: str = "gap", time_pools: int | None = None):
         super().__init__()
         c_in = check_input_shape("bcnn2d", input_shape)[0]
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -199,7 +201,7 @@ class BinaryCNN2d(nn.Module):
                 layers.append(BinaryBlock(c_prev, c_out, mode=mode, shortcut=shortcut,
                                           learn_threshold=learn_threshold, stream_prelu=stream_prelu))
                 c_prev = c_out
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers.append(stage_pool(stage, time_pools))
         self.features = nn.Sequential(*layers)
         self.head = classifier_head(self.features, input_shape=input_shape, n_classes=n_classes,
                                     dropout=dropout, head=head)

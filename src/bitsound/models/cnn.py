@@ -79,6 +79,13 @@ def classifier_head(features: nn.Module, *, input_shape: tuple[int, ...], n_clas
     raise ConfigError(f"model.params.head must be 'gap' or 'time', got {head!r}")
 
 
+def stage_pool(stage: int, time_pools: int | None) -> nn.MaxPool2d:
+    """The max-pool closing ``stage`` (0-based): 2x2, or 2x1 (frequency only) from stage
+    ``time_pools`` on."""
+    halve_time = time_pools is None or stage < time_pools
+    return nn.MaxPool2d(2 if halve_time else (2, 1), ceil_mode=True)
+
+
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True)]
@@ -102,22 +109,26 @@ class CNN2d(nn.Module):
         :class:`FeatureNorm` dynamic-range floor in dB below each example's maximum.
     head : {"gap", "time"}
         See :func:`classifier_head`.
+    time_pools : int, optional
+        How many stages, from the first, halve the time axis as well as frequency; the later
+        ones pool frequency only. ``None``: all. Fewer keep the time resolution a ``"time"``
+        head sees (a detector locating an event's onset within its window wants that).
     """
 
     def __init__(self, *, input_shape: tuple[int, ...], n_classes: int,
                  channels: list[int] = (16, 32, 64), convs_per_stage: int = 2,
                  dropout: float = 0.2, norm: str = "band", floor_db: float | None = None,
-                 head: str = "gap"):
+                 head: str = "gap", time_pools: int | None = None):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"CNN2d needs 2-D features of shape (channels, freq, time); got "
                               f"{tuple(input_shape)}: use a logmel or binary_image front end")
         layers: list[nn.Module] = [FeatureNorm(norm, floor_db=floor_db)]
         c_in = input_shape[0]
-        for c_out in channels:
+        for stage, c_out in enumerate(channels):
             for i in range(convs_per_stage):
                 layers += conv_bn_relu(c_in if i == 0 else c_out, c_out)
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers.append(stage_pool(stage, time_pools))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.head = classifier_head(self.features, input_shape=input_shape, n_classes=n_classes,
@@ -137,6 +148,7 @@ class CNN2dParams(ModelParams):
     norm: Literal["band", "example", "none"] = "band"
     floor_db: Annotated[float, Field(gt=0)] | None = None
     head: Literal["gap", "time"] = "gap"
+    time_pools: Annotated[int, Field(ge=0)] | None = None
 
 
 @register_model("cnn2d", params=CNN2dParams, example_input=(1, 40, 101),
