@@ -5,7 +5,7 @@ Before it, from the repository root::
 
     bitsound mix --events ../shared/data/dcase2016-task2-events \\
         --backgrounds ../shared/data/tut2017-scenes --scenes office,library,home \\
-        --out runs/office-mixtures --n-train 600 --n-val 60 --n-test 100 --speed-perturb 0.15
+        --out runs/office-mixtures --n-train 1000 --n-val 60 --n-test 100 --speed-perturb 0.15
     bitsound train --recipe office-events --out runs/office-events
     bitsound train --recipe office-events-xnor --out runs/office-events-xnor
 
