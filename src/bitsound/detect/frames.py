@@ -121,7 +121,7 @@ def frame_scores(classifier: Callable, path: str | os.PathLike, *, hop: float, b
         probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         starts.append(chunk.starts)
         if progress is not None:
-            progress(float(min(chunk.starts[-1] + hop, duration)))
+            progress(float(np.clip(chunk.starts[-1] + hop, 0.0, duration)))
     if not probs:
         raise DataError(f"'{path}' gave no windows")
     starts_all = np.concatenate(starts)
