@@ -188,6 +188,13 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
         pending = []
         return WindowBatch(windows=windows, starts=starts)
 
+    def padded_window():
+        """The window at ``next_start``, zeros past the end of the stream."""
+        window = np.zeros((buffer.shape[0], win), dtype=np.float32)
+        tail = buffer[:, next_start - offset:next_start - offset + win]  # empty past the end
+        window[:, :tail.shape[1]] = tail
+        return window
+
     for x in stream_blocks(path, sample_rate=sample_rate, channels=channels, block=block):
         if total == 0 and lead:
             x = np.concatenate([np.zeros((x.shape[0], lead), dtype=x.dtype), x], axis=1)
@@ -210,19 +217,13 @@ def stream_windows(path: str | os.PathLike, *, sample_rate: int, channels, lengt
     if centred:
         # the windows still centred inside the recording (centre = start in these positions)
         while next_start < total - lead:
-            tail = buffer[:, next_start - offset:]
-            window = np.zeros((buffer.shape[0], win), dtype=np.float32)
-            window[:, :tail.shape[1]] = tail[:, :win]
-            pending.append((window, next_start))
+            pending.append((padded_window(), next_start))
             next_start += step
             if len(pending) == batch:
                 yield flush()
     elif next_start == 0 or (next_start < total and next_start - step + win < total):
         # the recording is shorter than a window, or goes on past the last whole one
-        tail = buffer[:, next_start - offset:] if next_start < total else buffer[:, :0]
-        window = np.zeros((buffer.shape[0], win), dtype=np.float32)
-        window[:, :tail.shape[1]] = tail[:, :win]
-        pending.append((window, next_start))
+        pending.append((padded_window(), next_start))
     if pending:
         yield flush()
 
