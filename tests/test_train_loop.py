@@ -156,3 +156,50 @@ def test_without_selection_the_last_epoch_is_kept(tmp_path):
                  out_dir=tmp_path / "last", validate=lambda m: {"accuracy": next(falling)},
                  select_best=False, show_progress=False)
     assert result.best_epoch == 4 and result.epochs_run == 4 and not result.stopped_early
+
+
+class RecordingTask(ClassificationTask):
+    """Keeps a copy of the weights each training step starts from."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def training_loss(self, model, x, y, generator):
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return super().training_loss(model, x, y, generator)
+
+
+def test_weight_average_keeps_the_moving_average_of_every_step(tmp_path):
+    x, y = toy_data()
+    model, task, decay = toy_model(), RecordingTask(), 0.9
+    fit(model=model, task=task, train_x=x, train_y=y,
+        cfg=TrainConfig(epochs=2, batch_size=16, weight_average=decay), out_dir=tmp_path,
+        show_progress=False)  # no validation: the last epoch is kept
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    after_steps = task.seen[1:] + [last]  # the weights after each of the 12 steps
+    assert len(after_steps) == 12
+    expected = dict(after_steps[0])
+    for weights in after_steps[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    for name, value in model.state_dict().items():  # the kept model is the average ...
+        torch.testing.assert_close(value, expected[name])
+    assert not torch.allclose(model.state_dict()["1.weight"], last["1.weight"])  # ... not the last step
+
+
+def test_resume_with_weight_average_matches_uninterrupted_run(tmp_path):
+    x, y = toy_data(seed=1)
+    validate = accuracy_validator(x, y)
+    straight, _ = run(tmp_path / "straight", epochs=4, validate=validate, weight_average=0.95)
+
+    def crashing(model, calls=[0]):  # noqa: B006 - counts the calls of this one test
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("simulated crash")
+        return validate(model)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "resumed", epochs=4, validate=crashing, weight_average=0.95)
+    resumed, _ = run(tmp_path / "resumed", epochs=4, validate=validate, resume=True, weight_average=0.95)
+    for pa, pb in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)

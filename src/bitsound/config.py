@@ -438,6 +438,11 @@ class TrainConfig(Section):
     # large waveform model costs as much as an epoch); early-stopping and plateau patience
     # then count validations, not epochs
     validate_every: int = Field(default=1, ge=1)
+    # an exponential moving average of the weights (and batch-norm statistics), updated after
+    # every optimiser step with this decay (0.999: about the last 1000 steps); validation,
+    # checkpoints and the kept model use the average, which smooths the epoch-to-epoch noise
+    # of small noisy batches
+    weight_average: float | None = Field(default=None, gt=0, lt=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # kl_divergence: KL(target || softmax), ACDNet's loss for between-class targets; it differs
     # from cross-entropy by the targets' entropy only (same gradients)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bitsound.audio.augment import FeatureAugment
 from bitsound.config import TrainConfig
@@ -236,6 +237,8 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     if start_epoch == 0:  # layers normalising by the data's statistics: from the plain features
         collect_data_statistics(model, train_x, batch_size=batch_size, device=device,
                                 prepare=plain_inputs(augment))
+    averaged = weight_average(model, cfg.weight_average, state, ckpt_dir / "last.pt")
+    kept = averaged.module if averaged is not None else model  # what is scored and saved
 
     stopped_early = False
     flips = SignFlips(model)
@@ -273,6 +276,8 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
                 loss.backward()
                 scheduler.step_batch(epoch, step, steps)  # sets the rate with schedule.per_step
                 optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 total_loss += loss.item() * len(idx)
                 progress.update(bar, advance=1, loss=total_loss / min(len(order), (step + 1) * batch_size))
 
@@ -290,9 +295,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
             validating = validate is not None and ((epoch + 1) % cfg.validate_every == 0
                                                    or epoch + 1 == cfg.epochs)
             if validating and ranks.is_main:
-                model.eval()
+                kept.eval()
                 with torch.no_grad():
-                    record.update({f"val_{k}": v for k, v in validate(model).items()
+                    record.update({f"val_{k}": v for k, v in validate(kept).items()
                                    if isinstance(v, (int, float))})
             record["seconds"] = round(time.perf_counter() - started, 3)
             # every rank decides early stopping and the schedule on rank 0's record
@@ -310,8 +315,9 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
                                            for k, v in record.items()))
             if ranks.is_main:
                 if improved:
-                    save_torch({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
-                save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    save_torch({"model": kept.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
+                average = {"weight_average": averaged.state_dict()} if averaged is not None else {}
+                save_torch({**average, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                             "torch_rng": torch.get_rng_state(), "monitor": monitor.state(),
                             "history": [json.dumps(r) for r in history], "epoch": epoch,
@@ -334,6 +340,21 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     model.eval()
     return FitResult(best_epoch=best_epoch + 1, best_metric=monitor.best,
                      epochs_run=len(history), history=history, stopped_early=stopped_early)
+
+
+def weight_average(model: nn.Module, decay: float | None, state: dict | None,
+                   path: Path) -> AveragedModel | None:
+    """The moving average of ``model``'s weights and buffers (``train.weight_average``), or
+    None; when resuming, restored from the checkpoint ``state`` read from ``path``."""
+    if decay is None:
+        return None
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if state is not None:
+        if "weight_average" not in state:
+            raise CheckpointError(f"cannot resume from '{path}': it was written without "
+                                  "train.weight_average; drop the setting or use a fresh --out DIR")
+        averaged.load_state_dict(state["weight_average"])
+    return averaged
 
 
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "monitor", "history",
