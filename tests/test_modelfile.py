@@ -116,6 +116,14 @@ def test_specs_rebuild_only_known_module_classes():
         build_from_spec(spec)
 
 
+@pytest.mark.parametrize("shape", [[[3], 2], [3, -1], [3, True], "32", None])
+def test_a_tensor_shape_that_is_not_a_list_of_sizes_is_malformed(shape):
+    spec = module_spec(nn.Sequential(nn.Linear(2, 3)))
+    spec["children"]["0"]["params"]["weight"]["shape"] = shape
+    with pytest.raises(CheckpointError, match="malformed.*is not a list of sizes"):
+        build_from_spec(spec)
+
+
 def test_a_module_holding_a_plain_tensor_attribute_cannot_be_described():
     layer = nn.Linear(2, 3)
     layer.table = torch.ones(3)  # neither a parameter nor a buffer

@@ -146,6 +146,16 @@ def _resolve(qual: str, where: str) -> type:
     return obj
 
 
+def _empty(desc: dict) -> torch.Tensor:
+    """An uninitialised tensor of a description's shape and dtype; a shape that is not a list of
+    sizes is a ValueError (torch would read nested lists as an index, with a warning)."""
+    shape = desc["shape"]
+    if not (isinstance(shape, (list, tuple))
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise ValueError(f"tensor shape {shape!r} is not a list of sizes")
+    return torch.empty(shape, dtype=_DTYPES[desc["dtype"]])
+
+
 def build_from_spec(spec: dict, *, path: str = "") -> nn.Module:
     """Rebuild the module tree :func:`module_spec` described (tensors uninitialised: load a state dict)."""
     where = f"module '{path or 'the network'}'"
@@ -159,13 +169,11 @@ def build_from_spec(spec: dict, *, path: str = "") -> nn.Module:
             t = (
                 None
                 if p is None
-                else nn.Parameter(
-                    torch.empty(p["shape"], dtype=_DTYPES[p["dtype"]]), requires_grad=p["requires_grad"]
-                )
+                else nn.Parameter(_empty(p), requires_grad=p["requires_grad"])
             )
             obj.register_parameter(k, t)
         for k, b in spec["buffers"].items():
-            t = None if b is None else torch.empty(b["shape"], dtype=_DTYPES[b["dtype"]])
+            t = None if b is None else _empty(b)
             obj.register_buffer(k, t, persistent=True if b is None else b["persistent"])
         for k, c in spec["children"].items():
             obj.add_module(k, None if c is None else build_from_spec(c, path=f"{path}.{k}" if path else k))
