@@ -124,6 +124,13 @@ def test_a_tensor_shape_that_is_not_a_list_of_sizes_is_malformed(shape):
         build_from_spec(spec)
 
 
+def test_a_tensor_description_that_is_not_a_mapping_is_malformed():
+    spec = module_spec(nn.Sequential(nn.Linear(2, 3)))
+    spec["children"]["0"]["params"]["weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointError, match="malformed.*Tensor, not a mapping"):
+        build_from_spec(spec)
+
+
 def test_a_module_holding_a_plain_tensor_attribute_cannot_be_described():
     layer = nn.Linear(2, 3)
     layer.table = torch.ones(3)  # neither a parameter nor a buffer

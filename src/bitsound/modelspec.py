@@ -149,6 +149,8 @@ def _resolve(qual: str, where: str) -> type:
 def _empty(desc: dict) -> torch.Tensor:
     """An uninitialised tensor of a description's shape and dtype; a shape that is not a list of
     sizes is a ValueError (torch would read nested lists as an index, with a warning)."""
+    if not isinstance(desc, dict):
+        raise ValueError(f"a tensor description is a {type(desc).__name__}, not a mapping")
     shape = desc["shape"]
     if not (isinstance(shape, (list, tuple))
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
@@ -160,6 +162,8 @@ def build_from_spec(spec: dict, *, path: str = "") -> nn.Module:
     """Rebuild the module tree :func:`module_spec` described (tensors uninitialised: load a state dict)."""
     where = f"module '{path or 'the network'}'"
     try:
+        if not isinstance(spec, dict):
+            raise ValueError(f"a module description is a {type(spec).__name__}, not a mapping")
         cls = _resolve(spec["class"], where)
         obj = cls.__new__(cls)
         nn.Module.__init__(obj)
