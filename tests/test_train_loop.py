@@ -203,3 +203,16 @@ def test_resume_with_weight_average_matches_uninterrupted_run(tmp_path):
     resumed, _ = run(tmp_path / "resumed", epochs=4, validate=validate, resume=True, weight_average=0.95)
     for pa, pb in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_resume_refuses_a_checkpoint_without_a_fitting_weight_average(tmp_path):
+    run(tmp_path / "plain", epochs=1)
+    with pytest.raises(CheckpointError, match="written without train.weight_average"):
+        run(tmp_path / "plain", epochs=2, resume=True, weight_average=0.9)
+    run(tmp_path / "damaged", epochs=1, weight_average=0.9)
+    last = tmp_path / "damaged" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["weight_average"]["module.1.weight"]
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match="weight average does not fit this model"):
+        run(tmp_path / "damaged", epochs=2, resume=True, weight_average=0.9)

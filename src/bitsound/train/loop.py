@@ -180,6 +180,8 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
     (``weight_bits == 1``), ``sign_flip_fraction``: the fraction of their latent weights whose
     sign changed during the epoch. With ``cfg.tensorboard`` the same scalars (and the flip
     fraction per binary layer) go to ``out_dir/tensorboard``.
+    With ``cfg.weight_average`` the moving average of the weights is what is validated, saved
+    as the best checkpoint and left in ``model`` at the end (:func:`weight_average`).
     select_best : bool
         Keep the epoch with the best validation metric (and stop early). False keeps the last
         epoch and never stops early: cross-validation uses it so that the held-out fold only
@@ -353,7 +355,13 @@ def weight_average(model: nn.Module, decay: float | None, state: dict | None,
         if "weight_average" not in state:
             raise CheckpointError(f"cannot resume from '{path}': it was written without "
                                   "train.weight_average; drop the setting or use a fresh --out DIR")
-        averaged.load_state_dict(state["weight_average"])
+        try:
+            averaged.load_state_dict(state["weight_average"])
+        except (TypeError, RuntimeError, AttributeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"cannot resume from '{path}': its weight average does not fit "
+                                  f"this model ({first}); delete it to start over, or use a fresh "
+                                  "--out DIR") from None
     return averaged
 
 
