@@ -344,6 +344,11 @@ def fit(*, model: nn.Module, task, train_x: torch.Tensor, train_y: torch.Tensor,
                      epochs_run=len(history), history=history, stopped_early=stopped_early)
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def weight_average(model: nn.Module, decay: float | None, state: dict | None,
                    path: Path) -> AveragedModel | None:
     """The moving average of ``model``'s weights and buffers (``train.weight_average``), or
@@ -358,10 +363,9 @@ def weight_average(model: nn.Module, decay: float | None, state: dict | None,
         try:
             averaged.load_state_dict(state["weight_average"])
         except (TypeError, RuntimeError, AttributeError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(f"cannot resume from '{path}': its weight average does not fit "
-                                  f"this model ({first}); delete it to start over, or use a fresh "
-                                  "--out DIR") from None
+                                  f"this model ({_first_line(err)}); delete it to start over, or use "
+                                  "a fresh --out DIR") from None
     return averaged
 
 
@@ -404,9 +408,9 @@ def _load_weights(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, AttributeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"checkpoint '{path}' does not fit this model ({first}); it is "
-                              "damaged or from another model: delete it, or use a fresh --out DIR") from None
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model ({_first_line(err)}); "
+                              "it is damaged or from another model: delete it, or use a fresh --out "
+                              "DIR") from None
 
 
 def _restore(state: dict, path: Path, *, model, optimizer, scheduler, generator,
@@ -422,7 +426,6 @@ def _restore(state: dict, path: Path, *, model, optimizer, scheduler, generator,
         monitor.load(state["monitor"])
         return [json.loads(line) for line in state["history"]], int(state["epoch"]) + 1
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"cannot resume from '{path}': its training state is damaged "
-                              f"({type(err).__name__}: {first}); delete it to start over, or use a "
-                              "fresh --out DIR") from None
+                              f"({type(err).__name__}: {_first_line(err)}); delete it to start over, "
+                              "or use a fresh --out DIR") from None
