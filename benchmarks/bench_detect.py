@@ -75,9 +75,21 @@ def accuracy(args) -> list[dict]:
                ("office-events-xnor", "engine", {"engine": str(bsnn)})]
     if args.xnor_pytorch:
         systems.insert(1, ("office-events-xnor", "pytorch", {"model": args.xnor_model}))
+    # ensembles: the recipe's model and the others given, probabilities averaged
+    if args.float_ensemble:
+        systems.append((f"office-events x{1 + len(args.float_ensemble)}", "pytorch",
+                        {"model": [args.float_model, *args.float_ensemble]}))
+    if args.xnor_ensemble:
+        engines = [str(bsnn)]
+        for i, model in enumerate(args.xnor_ensemble, start=2):
+            engines.append(str(out / f"office-events-xnor-{i}.bsnn"))
+            run([str(BIN), "export", "--model", model, "--out", engines[-1]])
+        systems.append((f"office-events-xnor x{len(engines)}", "engine", {"engine": engines}))
+    if args.only_ensembles:
+        systems = [s for s in systems if " x" in s[0]]
     rows = []
     for recipe, backend, source in systems:
-        tag = f"{recipe}-{backend}"
+        tag = f"{recipe.replace(' ', '-')}-{backend}"
         clf = load_classifier(**source)
         settings = clf.recipe.detect
         tuned, report = tune(score_files(clf, val, detect=settings, show_progress=False), dev_ref,
@@ -216,6 +228,13 @@ def main() -> int:
     parser.add_argument("--tmp", default=None, help="folder for the long files (default: system tmp)")
     parser.add_argument("--xnor-pytorch", action="store_true",
                         help="also score the XNOR model through PyTorch (the engine runs it anyway)")
+    parser.add_argument("--float-ensemble", nargs="+", metavar="MODEL.pt", default=[],
+                        help="also score --float-model averaged with these (bitsound detect --model "
+                        "A --model B ...)")
+    parser.add_argument("--xnor-ensemble", nargs="+", metavar="MODEL.pt", default=[],
+                        help="also score --xnor-model averaged with these, through the engine")
+    parser.add_argument("--only-ensembles", action="store_true",
+                        help="score only the ensembles (the single models were scored before)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()

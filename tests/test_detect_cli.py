@@ -105,3 +105,72 @@ def test_detect_errors(trained, tmp_path, capsys):
     assert main(["evaluate-events", "--ref", str(mixtures / "test/events.tsv"), "--est",
                  str(mixtures / "dev/events.tsv")]) == 2
     assert "does not annotate" in capsys.readouterr().err
+
+
+def _other_model(model: Path, out: Path) -> Path:
+    """A second model of the same classes and windows: the first's weights, perturbed."""
+    import torch
+
+    from bitsound.modelfile import load_model, save_model
+
+    first = load_model(model / "model.pt")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for tensor in first.net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.3 * torch.randn_like(tensor) * (tensor.std() if tensor.numel() > 1 else 1))
+    out.mkdir()
+    save_model(out / "model.pt", recipe=first.recipe, labels=first.labels, net=first.net)
+    assert main(["export", "--model", str(out / "model.pt"), "--out", str(out / "model.bsnn")]) == 0
+    return out
+
+
+def test_an_ensemble_averages_its_members_probabilities(trained, tmp_path, capsys):
+    mixtures, model = trained
+    other = _other_model(model, tmp_path / "other")
+    wav = str(sorted((mixtures / "test/audio").glob("*.wav"))[0])
+    runs = {"a": ["--model", model / "model.pt"], "b": ["--model", other / "model.pt"],
+            "ab": ["--model", model / "model.pt", "--model", other / "model.pt"],
+            "ab-engine": ["--model", model / "model.pt", "--model", other / "model.pt",
+                          "--engine", model / "model.bsnn", "--engine", other / "model.bsnn"]}
+    scores = {}
+    for name, flags in runs.items():
+        assert main(["detect", *map(str, flags), wav, "--out", str(tmp_path / f"{name}.tsv"),
+                     "--frames", str(tmp_path / name), "--hop", "0.25", "-q"]) == 0
+        scores[name] = next(iter(read_frame_scores(tmp_path / name)[0].values())).to_numpy()
+    mean = (scores["a"][:, 2:] + scores["b"][:, 2:]) / 2
+    assert not np.allclose(scores["a"][:, 2:], scores["b"][:, 2:], atol=1e-2)  # members differ
+    np.testing.assert_allclose(scores["ab"][:, 2:], mean, atol=1e-5)
+    np.testing.assert_allclose(scores["ab-engine"][:, 2:], mean, atol=2e-3)
+    info = json.loads((tmp_path / "ab-engine.json").read_text())
+    assert info["backend"] == "engine" and info["settings"]["models"] == 2
+
+
+def test_ensemble_errors(trained, tmp_path, capsys):
+    from bitsound.detect.ensemble import Ensemble
+    from bitsound.errors import ConfigError
+    from bitsound.modelfile import load_model
+
+    mixtures, model = trained
+    wav = str(next((mixtures / "test/audio").glob("*.wav")))
+    pt, bsnn_file = str(model / "model.pt"), str(model / "model.bsnn")
+    assert main(["detect", "--model", pt, "--model", pt, "--engine", bsnn_file, wav, "--out",
+                 str(tmp_path / "x.tsv")]) == 2
+    assert "one .bsnn per model.pt" in capsys.readouterr().err
+    first = load_model(pt)
+    relabelled = load_model(pt)
+    relabelled.labels = list(reversed(first.labels))
+    with pytest.raises(ConfigError, match="same classes"):
+        Ensemble([first, relabelled], ["a.pt", "b.pt"])
+    longer = load_model(pt)
+    segment = first.recipe.audio.segment.model_copy(update={"length": 2.0})
+    longer.recipe = first.recipe.model_copy(update={"audio": first.recipe.audio.model_copy(
+        update={"segment": segment})})
+    with pytest.raises(ConfigError, match="b.pt' reads windows"):
+        Ensemble([first, longer], ["a.pt", "b.pt"])
+    from bitsound.engine.classifier import load_classifier as load_engine
+
+    with pytest.raises(ConfigError, match="all in the engine"):
+        Ensemble([first, load_engine(bsnn_file)], ["a.pt", "a.bsnn"])
+    with pytest.raises(ConfigError, match="two or more"):
+        Ensemble([first], ["a.pt"])

@@ -295,10 +295,12 @@ def cmd_detect(args) -> int:
     json_path = Path(args.json) if args.json else Path(args.out).with_suffix(".json")
     write_events(found, tsv=Path(args.out), json_path=json_path, run=run, cfg=post)
     n_events = sum(len(v) for v in found.values())
+    n_models = run.settings.get("models", 1)
+    members = f" ({n_models} models averaged)" if n_models > 1 else ""
     out_console.print(f"{n_events} events in {len(found)} files -> {args.out} (confidences: "
                       f"{json_path}{', frame scores: ' + args.frames if args.frames else ''}); "
                       f"{run.audio_seconds:.1f} s of audio in {run.wall_seconds:.1f} s through "
-                      f"{run.backend}: real-time factor {run.real_time_factor:.4f}")
+                      f"{run.backend}{members}: real-time factor {run.real_time_factor:.4f}")
     return 0
 
 
@@ -729,9 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("detect", help="sound events in (long) recordings: DCASE TSV, JSON, frame scores")
-    p.add_argument("--model", metavar="DIR/model.pt", help="run the PyTorch model")
-    p.add_argument("--engine", metavar="FILE.bsnn", help="run the network in the C engine (with --model: "
-                   "the .bsnn exported from it)")
+    p.add_argument("--model", metavar="DIR/model.pt", action="append",
+                   help="run the PyTorch model; given more than once, the models' probabilities are "
+                   "averaged (an ensemble; the first model's detect settings apply)")
+    p.add_argument("--engine", metavar="FILE.bsnn", action="append",
+                   help="run the network in the C engine (with --model: the .bsnn exported from it; "
+                   "more than once, as --model)")
     p.add_argument("--isa", default="auto", choices=["auto", "avx512", "avx2", "scalar"])
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--out", required=True, metavar="EVENTS.tsv",

@@ -85,7 +85,7 @@ def frame_scores(classifier: Callable, path: str | os.PathLike, *, hop: float, b
 
     Parameters
     ----------
-    classifier : SoundClassifier or EngineClassifier
+    classifier : SoundClassifier, EngineClassifier or Ensemble
         Called on waveform windows [shape=(batch, channels, samples)] it gives logits; it has
         ``recipe`` (audio config: rate, channels, window length) and ``labels``.
     path : str or PathLike
@@ -110,7 +110,7 @@ def frame_scores(classifier: Callable, path: str | os.PathLike, *, hop: float, b
     info = audio_info(path)
     duration = output_frames(info, audio.sample_rate) / audio.sample_rate
     probs, starts = [], []
-    is_torch = isinstance(classifier, torch.nn.Module)
+    is_torch = isinstance(classifier, torch.nn.Module) or getattr(classifier, "runs_in_torch", False)
     for chunk in stream_windows(path, sample_rate=audio.sample_rate, channels=audio.channels,
                                 length=length, hop=hop, block=block, batch=batch,
                                 centred=bool(audio.segment and audio.segment.centred)):

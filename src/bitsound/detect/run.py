@@ -24,19 +24,42 @@ from bitsound.errors import ConfigError
 log = logging.getLogger("bitsound.detect")
 
 
-def load_classifier(*, model: str | None = None, engine: str | None = None, isa: str = "auto"):
-    """The PyTorch model (``model.pt``) or the engine model (``.bsnn``) as an audio classifier.
+def load_classifier(*, model: str | Sequence[str] | None = None,
+                    engine: str | Sequence[str] | None = None, isa: str = "auto"):
+    """The PyTorch model (``model.pt``) or the engine model (``.bsnn``) as an audio classifier;
+    several of either as an :class:`~bitsound.detect.ensemble.Ensemble` that averages their
+    probabilities.
 
-    With both, the network runs in the engine and the ``.bsnn`` file must have been exported from
-    that ``model.pt`` (same labels and recipe): a mismatch is an error, not a silent choice.
+    With both, the networks run in the engine and the i-th ``.bsnn`` file must have been exported
+    from the i-th ``model.pt`` (same labels and recipe): a mismatch is an error, not a silent
+    choice.
     """
-    if not model and not engine:
+    models = [model] if isinstance(model, str) else list(model or [])
+    engines = [engine] if isinstance(engine, str) else list(engine or [])
+    if not models and not engines:
         raise ConfigError("give --model DIR/model.pt, --engine FILE.bsnn, or both (the engine runs "
                           "the network exported from that model)")
-    if not engine:
+    if models and engines and len(models) != len(engines):
+        raise ConfigError(f"{len(models)} --model and {len(engines)} --engine files: with both, give "
+                          "one .bsnn per model.pt, in the same order (each exported from its model)")
+    if engines:
+        members = [_engine_classifier(path, models[i] if models else None, isa)
+                   for i, path in enumerate(engines)]
+        names = engines
+    else:
         from bitsound.modelfile import load_model
 
-        return load_model(model)
+        members = [load_model(path) for path in models]
+        names = models
+    if len(members) == 1:
+        return members[0]
+    from bitsound.detect.ensemble import Ensemble
+
+    return Ensemble(members, [str(n) for n in names])
+
+
+def _engine_classifier(engine: str, model: str | None, isa: str):
+    """The engine classifier of ``engine``, checked against the ``model.pt`` it came from."""
     from bitsound.engine.classifier import load_classifier as load_engine
 
     classifier = load_engine(engine, isa=isa)
@@ -51,6 +74,13 @@ def load_classifier(*, model: str | None = None, engine: str | None = None, isa:
                               f"differ); export it again with `bitsound export --model {model} --out "
                               f"{engine}`, or give only one of --model and --engine")
     return classifier
+
+
+def backend_name(classifier) -> str:
+    """``"engine"`` or ``"pytorch"``: where ``classifier``'s networks run."""
+    if hasattr(classifier, "backend"):  # an Ensemble
+        return classifier.backend
+    return "engine" if hasattr(classifier, "engine") else "pytorch"
 
 
 @dataclass
@@ -90,7 +120,9 @@ def score_files(classifier, paths: Sequence[str | Path], *, detect: DetectConfig
     durations = [output_frames(audio_info(p), rate) / rate for p in paths]  # header errors first
     total = sum(durations)
     frames = []
-    backend = "engine" if hasattr(classifier, "engine") else "pytorch"
+    backend = backend_name(classifier)
+    if backend == "pytorch":
+        classifier = classifier.to(device)
     started = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                TimeRemainingColumn()]
@@ -109,7 +141,8 @@ def score_files(classifier, paths: Sequence[str | Path], *, detect: DetectConfig
             progress.update(files_task, completed=i + 1, done=f"{i + 1}/{len(paths)}")
     wall = time.perf_counter() - started
     return DetectionRun(frames=frames, audio_seconds=total, wall_seconds=wall, backend=backend,
-                        settings={"hop": detect.hop, "block": detect.block, "batch": detect.batch})
+                        settings={"hop": detect.hop, "block": detect.block, "batch": detect.batch,
+                                  "models": len(classifier) if hasattr(classifier, "members") else 1})
 
 
 def detections(run: DetectionRun, cfg: PostprocessConfig) -> dict[str, list[Detection]]:
@@ -232,5 +265,5 @@ def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
     return tuned, report
 
 
-__all__ = ["DetectionRun", "as_table", "detections", "load_classifier", "load_postprocess",
+__all__ = ["DetectionRun", "as_table", "backend_name", "detections", "load_classifier", "load_postprocess",
            "score_files", "tune", "write_events"]
