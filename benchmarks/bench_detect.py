@@ -94,7 +94,7 @@ def accuracy(args) -> list[dict]:
         settings = clf.recipe.detect
         tuned, report = tune(score_files(clf, val, detect=settings, show_progress=False), dev_ref,
                              base=settings.postprocess, show_progress=False)
-        (out / f"{tag}.tuned.json").write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
+        (out / f"{tag}.tuned-postprocess.json").write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
                                                            "tuning": report}, indent=1))
         scored = score_files(clf, test, detect=settings, show_progress=False)
         post = settings.postprocess

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ from bitsound.errors import ConfigError
 log = logging.getLogger("bitsound.detect")
 
 
-def load_classifier(*, model: str | Sequence[str] | None = None,
-                    engine: str | Sequence[str] | None = None, isa: str = "auto"):
+def load_classifier(*, model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                    engine: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                    isa: str = "auto"):
     """The PyTorch model (``model.pt``) or the engine model (``.bsnn``) as an audio classifier;
     several of either as an :class:`~bitsound.detect.ensemble.Ensemble` that averages their
     probabilities.
@@ -34,8 +36,8 @@ def load_classifier(*, model: str | Sequence[str] | None = None,
     from the i-th ``model.pt`` (same labels and recipe): a mismatch is an error, not a silent
     choice.
     """
-    models = [model] if isinstance(model, str) else list(model or [])
-    engines = [engine] if isinstance(engine, str) else list(engine or [])
+    models = [model] if isinstance(model, (str, os.PathLike)) else list(model or [])
+    engines = [engine] if isinstance(engine, (str, os.PathLike)) else list(engine or [])
     if not models and not engines:
         raise ConfigError("give --model DIR/model.pt, --engine FILE.bsnn, or both (the engine runs "
                           "the network exported from that model)")
