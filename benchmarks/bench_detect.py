@@ -94,8 +94,9 @@ def accuracy(args) -> list[dict]:
         settings = clf.recipe.detect
         tuned, report = tune(score_files(clf, val, detect=settings, show_progress=False), dev_ref,
                              base=settings.postprocess, show_progress=False)
-        (out / f"{tag}.tuned-postprocess.json").write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
-                                                           "tuning": report}, indent=1))
+        settings_file = out / f"{tag}.tuned-postprocess.json"
+        settings_file.write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
+                                             "tuning": report}, indent=1))
         scored = score_files(clf, test, detect=settings, show_progress=False)
         post = settings.postprocess
         frames = [f.select([c for c in f.labels if c not in post.ignore]) for f in scored.frames]
