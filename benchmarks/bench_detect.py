@@ -71,22 +71,22 @@ def accuracy(args) -> list[dict]:
     out = Path(args.out)
     bsnn = out / "office-events-xnor.bsnn"
     run([str(BIN), "export", "--model", args.xnor_model, "--out", str(bsnn)])
-    systems = [("office-events", "pytorch", {"model": args.float_model}),
+    singles = [("office-events", "pytorch", {"model": args.float_model}),
                ("office-events-xnor", "engine", {"engine": str(bsnn)})]
     if args.xnor_pytorch:
-        systems.insert(1, ("office-events-xnor", "pytorch", {"model": args.xnor_model}))
+        singles.insert(1, ("office-events-xnor", "pytorch", {"model": args.xnor_model}))
     # ensembles: the recipe's model and the others given, probabilities averaged
+    ensembles = []
     if args.float_ensemble:
-        systems.append((f"office-events x{1 + len(args.float_ensemble)}", "pytorch",
-                        {"model": [args.float_model, *args.float_ensemble]}))
+        ensembles.append((f"office-events x{1 + len(args.float_ensemble)}", "pytorch",
+                          {"model": [args.float_model, *args.float_ensemble]}))
     if args.xnor_ensemble:
         engines = [str(bsnn)]
         for i, model in enumerate(args.xnor_ensemble, start=2):
             engines.append(str(out / f"office-events-xnor-{i}.bsnn"))
             run([str(BIN), "export", "--model", model, "--out", engines[-1]])
-        systems.append((f"office-events-xnor x{len(engines)}", "engine", {"engine": engines}))
-    if args.only_ensembles:
-        systems = [s for s in systems if " x" in s[0]]
+        ensembles.append((f"office-events-xnor x{len(engines)}", "engine", {"engine": engines}))
+    systems = ensembles if args.only_ensembles else singles + ensembles
     rows = []
     for recipe, backend, source in systems:
         tag = f"{recipe.replace(' ', '-')}-{backend}"

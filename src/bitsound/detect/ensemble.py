@@ -46,6 +46,8 @@ class Ensemble:
     recipe : Recipe
         The first member's: its detection settings (hop, post-processing) are the ensemble's.
     labels : list of str
+    backend : {"pytorch", "engine"}
+        Where the members run.
 
     Raises
     ------
@@ -77,12 +79,11 @@ class Ensemble:
         self.names = list(names)
         self.recipe = first.recipe
         self.labels = list(first.labels)
-        self.runs_in_torch = kinds == {True}
-        self.backend = "pytorch" if self.runs_in_torch else "engine"
+        self.backend = "pytorch" if kinds == {True} else "engine"
 
     def to(self, device) -> Ensemble:
         """Move PyTorch members to ``device`` (engine members stay on the CPU)."""
-        if self.runs_in_torch:
+        if self.backend == "pytorch":
             self.members = [m.to(device) for m in self.members]
         return self
 

@@ -72,6 +72,13 @@ def frame_boundaries(starts: np.ndarray, *, length: float, duration: float) -> t
     return np.concatenate([[0.0], inner, [duration]]), n
 
 
+def backend_name(classifier) -> str:
+    """``"engine"`` or ``"pytorch"``: where ``classifier``'s networks run."""
+    if hasattr(classifier, "backend"):  # an Ensemble
+        return classifier.backend
+    return "engine" if hasattr(classifier, "engine") else "pytorch"
+
+
 def classifier_window_length(classifier) -> float:
     """Seconds per window the classifier was trained on (segment length or clip length)."""
     return classifier.recipe.audio.window_seconds
@@ -110,7 +117,7 @@ def frame_scores(classifier: Callable, path: str | os.PathLike, *, hop: float, b
     info = audio_info(path)
     duration = output_frames(info, audio.sample_rate) / audio.sample_rate
     probs, starts = [], []
-    is_torch = isinstance(classifier, torch.nn.Module) or getattr(classifier, "runs_in_torch", False)
+    is_torch = backend_name(classifier) == "pytorch"
     for chunk in stream_windows(path, sample_rate=audio.sample_rate, channels=audio.channels,
                                 length=length, hop=hop, block=block, batch=batch,
                                 centred=bool(audio.segment and audio.segment.centred)):
@@ -151,4 +158,5 @@ def timed(fn: Callable, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-__all__ = ["FrameScores", "Throughput", "classifier_window_length", "frame_boundaries", "frame_scores"]
+__all__ = ["FrameScores", "Throughput", "backend_name", "classifier_window_length", "frame_boundaries",
+           "frame_scores"]

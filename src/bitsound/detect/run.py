@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from bitsound.audio.io import audio_info
 from bitsound.config import ClassPostprocess, DetectConfig, PostprocessConfig
 from bitsound.data.events import EventTable, format_dcase, write_text_atomic
-from bitsound.detect.frames import FrameScores, frame_scores
+from bitsound.detect.frames import FrameScores, backend_name, frame_scores
 from bitsound.detect.metrics import event_based
 from bitsound.detect.postprocess import Detection, detect_events
 from bitsound.detect.stream import output_frames
@@ -76,13 +76,6 @@ def _engine_classifier(engine: str, model: str | None, isa: str):
                               f"differ); export it again with `bitsound export --model {model} --out "
                               f"{engine}`, or give only one of --model and --engine")
     return classifier
-
-
-def backend_name(classifier) -> str:
-    """``"engine"`` or ``"pytorch"``: where ``classifier``'s networks run."""
-    if hasattr(classifier, "backend"):  # an Ensemble
-        return classifier.backend
-    return "engine" if hasattr(classifier, "engine") else "pytorch"
 
 
 @dataclass
@@ -267,5 +260,5 @@ def tune(run: DetectionRun, ref: EventTable, *, base: PostprocessConfig,
     return tuned, report
 
 
-__all__ = ["DetectionRun", "as_table", "backend_name", "detections", "load_classifier", "load_postprocess",
+__all__ = ["DetectionRun", "as_table", "detections", "load_classifier", "load_postprocess",
            "score_files", "tune", "write_events"]
