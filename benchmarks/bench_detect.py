@@ -17,6 +17,10 @@ then the test mixtures (``runs/office-mixtures/test``: other event files and rec
 are detected once and scored as ``evaluate-events`` does, with the recipe's post-processing
 and with the tuned one. The engine scores the exported XNOR
 model; PyTorch scores the float model (and, with ``--xnor-pytorch``, the XNOR model before export).
+Models trained on the validation sources too (``mix --val-into-train``, the final models) cannot
+be tuned on them: ``--postprocess-from DIR`` takes each system's settings from an earlier run's
+``DIR/{system}.tuned-postprocess.json`` (tuned on val for the same recipe and ensemble size
+trained without the val sources) instead.
 
 Memory and speed: the test mixtures and their annotations are concatenated into one 10-min
 and one 60-min WAV file (22.05 kHz, as mixed); ``bitsound detect`` runs on each under
@@ -61,13 +65,24 @@ def accuracy(args) -> list[dict]:
     the same functions bitsound detect / evaluate-events call)."""
     from bitsound.data.events import read_annotations
     from bitsound.detect.metrics import evaluate_events, score_frames, write_frame_scores
-    from bitsound.detect.run import as_table, detections, load_classifier, score_files, tune, write_events
+    from bitsound.detect.run import (
+        as_table,
+        detections,
+        load_classifier,
+        load_postprocess,
+        score_files,
+        tune,
+        write_events,
+    )
 
     mix = Path(args.mixtures)
     val = sorted((mix / "dev/audio").glob("val_*.wav"))
     test = sorted((mix / "test/audio").glob("*.wav"))
     dev_ref = read_annotations(mix / "dev/events.tsv")
     test_ref = read_annotations(mix / "test/events.tsv")
+    if not val and not args.postprocess_from:
+        sys.exit(f"no validation mixtures (dev/audio/val_*.wav) in {mix} to tune on: mixtures made "
+                 "with --val-into-train need --postprocess-from")
     out = Path(args.out)
     bsnn = out / "office-events-xnor.bsnn"
     run([str(BIN), "export", "--model", args.xnor_model, "--out", str(bsnn)])
@@ -92,17 +107,22 @@ def accuracy(args) -> list[dict]:
         tag = f"{recipe.replace(' ', '-')}-{backend}"
         clf = load_classifier(**source)
         settings = clf.recipe.detect
-        tuned, report = tune(score_files(clf, val, detect=settings, show_progress=False), dev_ref,
-                             base=settings.postprocess, show_progress=False)
-        settings_file = out / f"{tag}.tuned-postprocess.json"
-        settings_file.write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
-                                             "tuning": report}, indent=1))
+        if args.postprocess_from:
+            tuned_name = "tuned on val (carried)"
+            tuned = load_postprocess(Path(args.postprocess_from) / f"{tag}.tuned-postprocess.json")
+        else:
+            tuned_name = "tuned on val"
+            tuned, report = tune(score_files(clf, val, detect=settings, show_progress=False), dev_ref,
+                                 base=settings.postprocess, show_progress=False)
+            settings_file = out / f"{tag}.tuned-postprocess.json"
+            settings_file.write_text(json.dumps({"postprocess": tuned.model_dump(mode="json"),
+                                                 "tuning": report}, indent=1))
         scored = score_files(clf, test, detect=settings, show_progress=False)
         post = settings.postprocess
         frames = [f.select([c for c in f.labels if c not in post.ignore]) for f in scored.frames]
         write_frame_scores(frames, out / f"{tag}.frames")
         durations = {f.audio_id: f.duration for f in frames}
-        for cfg, name in ((post, "recipe"), (tuned, "tuned on val")):
+        for cfg, name in ((post, "recipe"), (tuned, tuned_name)):
             found = detections(scored, cfg)
             write_events(found, tsv=out / f"{tag}.{name.split()[0]}.tsv", cfg=cfg, run=scored,
                          json_path=out / f"{tag}.{name.split()[0]}.json")
@@ -236,6 +256,10 @@ def main() -> int:
                         help="also score --xnor-model averaged with these, through the engine")
     parser.add_argument("--only-ensembles", action="store_true",
                         help="score only the ensembles (the single models were scored before)")
+    parser.add_argument("--postprocess-from", metavar="DIR",
+                        help="do not tune: take each system's post-processing from "
+                        "DIR/{system}.tuned-postprocess.json of an earlier run (for models trained "
+                        "on the val sources too: bitsound mix --val-into-train)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
@@ -245,13 +269,13 @@ def main() -> int:
         results["accuracy"] = accuracy(args)
         print("\nheld-out synthesized test set (event files and background recordings never trained "
               "or tuned on)")
-        print(f"{'system':34} {'post':13} {'ev F1':>6} {'ev ER':>6} {'seg F1':>6} {'seg ER':>6} "
+        print(f"{'system':34} {'post':22} {'ev F1':>6} {'ev ER':>6} {'seg F1':>6} {'seg ER':>6} "
               f"{'PSDS1':>6} {'PSDS2':>6}")
         def num(value):
             return f"{value:6.3f}" if value is not None else f"{'-':>6}"
 
         for r in results["accuracy"]:
-            print(f"{r['recipe'] + ' / ' + r['backend']:34} {r['postprocess']:13} "
+            print(f"{r['recipe'] + ' / ' + r['backend']:34} {r['postprocess']:22} "
                   + " ".join(num(r[k]) for k in ("event_f1", "event_er", "segment_f1", "segment_er",
                                                  "psds1", "psds2")))
     if not args.skip_memory:

@@ -113,3 +113,50 @@ def test_bad_mix_settings_are_config_errors():
         _cfg(fractions={"train": 0.8, "val": 0.3})
     with pytest.raises(ConfigError, match="not in"):
         split_sources(_cfg(scenes=["moon"]))
+
+
+def test_val_into_train_keeps_the_test_part_and_trains_on_the_val_sources(tmp_path):
+    plain = split_sources(_cfg())
+    final_cfg = _cfg(val_into_train=True, n_mixtures={"train": 3, "val": 0, "test": 2})
+    final = split_sources(final_cfg)
+    assert list(final.events) == ["train", "test"]
+    assert final.events["test"] == plain.events["test"]
+    assert final.backgrounds["test"] == plain.backgrounds["test"]
+    for name, files in final.events["train"].items():  # 8 + 2 files per class
+        assert set(files) == set(plain.events["train"][name]) | set(plain.events["val"][name])
+    assert {b.recording for b in final.backgrounds["train"]} == \
+        {b.recording for part in ("train", "val") for b in plain.backgrounds[part]}
+
+    make_mixtures(_cfg(), tmp_path / "plain", show_progress=False)
+    summary = make_mixtures(final_cfg, tmp_path / "final", show_progress=False)
+    assert list(summary["parts"]) == ["train", "test"]
+    assert summary["parts"]["train"]["event_files"] == 110
+    for name in ("test_0000.wav", "test_0001.wav"):  # the same held-out mixtures, byte for byte
+        assert (tmp_path / "plain/test/audio" / name).read_bytes() == \
+            (tmp_path / "final/test/audio" / name).read_bytes()
+    dev = open_dataset(f"sed:{tmp_path / 'final/dev'}")
+    assert {c.fold for c in dev} == {"train"} and len(dev) == 3
+    with pytest.raises(ValueError, match="val mixtures would share"):
+        _cfg(val_into_train=True)  # the base config asks for one val mixture
+    with pytest.raises(ValueError, match="needs a train and a val share"):
+        _cfg(val_into_train=True, fractions={"train": 0.75, "test": 0.25},
+             n_mixtures={"train": 3, "test": 2})
+
+
+def test_cli_final_mixtures_train_without_a_held_out_split(tmp_path, capsys):
+    from bitsound.cli import main
+
+    out = tmp_path / "mix"
+    assert main(["mix", "--events", str(EVENTS), "--backgrounds", str(BACKGROUNDS), "--scenes",
+                 "office,library", "--out", str(out), "--n-train", "3", "--n-test", "1",
+                 "--val-into-train", "-q"]) == 0  # no --n-val: none are made
+    assert "fold train)" in capsys.readouterr().out.replace("\n", " ")
+    assert not list((out / "dev/audio").glob("val_*"))
+    assert main(["mix", "--events", str(EVENTS), "--backgrounds", str(BACKGROUNDS), "--out",
+                 str(tmp_path / "bad"), "--n-val", "2", "--val-into-train", "-q"]) != 0
+    assert "2 val mixtures would share" in capsys.readouterr().err.replace("\n", " ")
+    run = tmp_path / "model"
+    assert main(["train", "--recipe", "office-events", "--data", f"sed:{out / 'dev'}", "--out",
+                 str(run), "--no-cache", "-q", "--set", "data.split.kind=none", "--set",
+                 "train.epochs=1", "--set", "model.params.channels=[8,16]"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["n_train_clips"] == 3

@@ -357,7 +357,10 @@ def cmd_mix(args) -> int:
     from bitsound.data.mixtures import MixConfig, make_mixtures
 
     values = {"events_dir": args.events, "backgrounds_dir": args.backgrounds, "seed": args.seed,
-              "background_label": args.background_label, "speed_perturb": args.speed_perturb}
+              "background_label": args.background_label, "speed_perturb": args.speed_perturb,
+              "val_into_train": args.val_into_train}
+    if args.val_into_train and args.n_val is None:
+        args.n_val = 0  # the val sources train; a val mixture would share them
     if args.scenes:
         values["scenes"] = [s.strip() for s in args.scenes.split(",") if s.strip()]
     counts = {part: n for part, n in (("train", args.n_train), ("val", args.n_val),
@@ -378,7 +381,8 @@ def cmd_mix(args) -> int:
         table.add_row(part, str(row["mixtures"]), str(row["events"]), str(row["event_files"]),
                       str(row["recordings"]))
     out_console.print(table)
-    out_console.print(f"data sets: sed:{Path(args.out) / 'dev'} (folds train, val) and "
+    folds = "fold train" if cfg.val_into_train else "folds train, val"
+    out_console.print(f"data sets: sed:{Path(args.out) / 'dev'} ({folds}) and "
                       f"sed:{Path(args.out) / 'test'}; sources: {Path(args.out) / 'split.json'}")
     return 0
 
@@ -788,6 +792,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-perturb", type=float, default=0.0, metavar="S",
                    help="training mixtures only: play each event at a random speed in [1-S, 1+S] "
                    "(pitch and duration together; default 0: as recorded)")
+    p.add_argument("--val-into-train", action="store_true",
+                   help="for a final model, once every choice is made on val: training mixtures "
+                   "also use the val part's event files and recordings (the test part stays the "
+                   "same); no val mixtures are made, so train it with data.split.kind=none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_mix)

@@ -74,6 +74,10 @@ class MixConfig(BaseModel):
     # change: pitch and duration together, by resampling), so that 8 recordings of a class sound
     # like more; validation and test events stay as recorded
     speed_perturb: float = Field(default=0.0, ge=0, lt=0.5)
+    # the final model, after every choice was made on val: training mixtures draw on the val
+    # part's event files and recordings too (the sources are dealt as without it, so the test
+    # part is the same), and no val mixtures are made
+    val_into_train: bool = False
     seed: int = 0
 
     @model_validator(mode="after")
@@ -89,6 +93,13 @@ class MixConfig(BaseModel):
             if n and not self.fractions.get(part):
                 raise ValueError(f"part {part!r} gets {n} mixtures but no share of the sources "
                                  f"(fractions {self.fractions})")
+        if self.val_into_train and self.n_mixtures.get("val"):
+            raise ValueError(f"val_into_train gives the val part's sources to the training "
+                             f"mixtures; {self.n_mixtures['val']} val mixtures would share them: "
+                             "make none (n_mixtures val 0)")
+        if self.val_into_train and not (self.fractions.get("val") and self.fractions.get("train")):
+            raise ValueError(f"val_into_train needs a train and a val share of the sources "
+                             f"(fractions {self.fractions})")
         lo, hi = self.events_per_mixture
         if not 1 <= lo <= hi:
             raise ValueError(f"events_per_mixture {self.events_per_mixture} needs 1 <= min <= max")
@@ -211,6 +222,11 @@ def split_sources(cfg: MixConfig) -> SourceSplit:
             raise DataError(f"mix: scene {scene!r}: {err}; drop it from scenes") from None
         for part, chosen in dealt.items():
             backgrounds[part] += [c for r in sorted(chosen) for c in by_scene[scene][r]]
+    if cfg.val_into_train:
+        val_events = events.pop("val")
+        events["train"] = {name: sorted(files + val_events[name])
+                           for name, files in events["train"].items()}
+        backgrounds["train"] += backgrounds.pop("val")
     return SourceSplit(events=events, backgrounds=backgrounds)
 
 
