@@ -359,11 +359,12 @@ def cmd_mix(args) -> int:
     values = {"events_dir": args.events, "backgrounds_dir": args.backgrounds, "seed": args.seed,
               "background_label": args.background_label, "speed_perturb": args.speed_perturb,
               "val_into_train": args.val_into_train}
-    if args.val_into_train and args.n_val is None:
-        args.n_val = 0  # the val sources train; a val mixture would share them
+    n_val = args.n_val
+    if args.val_into_train and n_val is None:
+        n_val = 0  # the val sources train; a val mixture would share them
     if args.scenes:
         values["scenes"] = [s.strip() for s in args.scenes.split(",") if s.strip()]
-    counts = {part: n for part, n in (("train", args.n_train), ("val", args.n_val),
+    counts = {part: n for part, n in (("train", args.n_train), ("val", n_val),
                                        ("test", args.n_test)) if n is not None}
     if counts:
         values["n_mixtures"] = {**MixConfig.model_fields["n_mixtures"].default, **counts}
